@@ -1,0 +1,130 @@
+"""The common interface every target implements: a Target (artifact format, compare rules, versions) and a
+Driver (protocol: identify, backup, restore, status) that talks only through a transport to an address.
+
+Feature steps, the CLI and the EOL station use only what is defined here, never a target's internals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness.compare import CompareRules
+
+# progress(done, total, message): total may be None when unknown; message may be "" (no new log line).
+ProgressFn = Callable[[int, int | None, str], None]
+
+
+def no_progress(done: int, total: int | None, message: str) -> None:
+    """Default progress sink: drivers always report, callers decide whether to show it."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Who the unit is. ``device_id`` is the target's canonical form (MultispeQ: ``52:00:13:1f``)."""
+
+    target: str
+    device_id: str
+    firmware: str
+    model: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Backup:
+    """What a driver hands to the store: the artifact's bytes, or a verified temp file streamed to disk."""
+
+    device: DeviceInfo
+    created: dt.datetime  # UTC, whole seconds
+    content: bytes | None = None
+    path: Path | None = None
+    reason: str = "manual"
+    source_address: str = ""
+
+
+@dataclass
+class Artifact:
+    """A backup read back from disk and validated (structure, checksums). ``data`` is target-specific."""
+
+    path: Path
+    target: str
+    device_id: str
+    firmware: str
+    created: str
+    data: Any = None
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did, in field names a QA engineer can read."""
+
+    restored: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # in the backup, absent on the unit
+    untouched: list[str] = field(default_factory=list)  # on the unit, absent in the backup
+    not_carried: list[str] = field(default_factory=list)  # what this kind of backup can never carry
+    notes: list[str] = field(default_factory=list)
+
+
+class Driver(ABC):
+    """Protocol driver for one unit. The same code talks to a simulator and to a real unit."""
+
+    target: ClassVar[str]
+
+    def __init__(self, address: str, *, username: str | None = None, password: str | None = None,
+                 progress: ProgressFn = no_progress, time_scale: float = 1.0) -> None:
+        self.address = address
+        self.username = username
+        self.password = password
+        self.progress = progress
+        self.time_scale = time_scale  # stretches the driver's timeouts for realtime simulators
+
+    @abstractmethod
+    def identify(self) -> DeviceInfo: ...
+
+    @abstractmethod
+    def backup(self, *, reason: str = "manual") -> Backup: ...
+
+    @abstractmethod
+    def check_restore(self, artifact: Artifact, *, force: bool = False) -> Any:
+        """Validate the artifact against the connected unit and return a plan; never writes to the unit.
+
+        Raises Refused (ID mismatch without force, a version the target refuses) or BadInput.
+        """
+
+    @abstractmethod
+    def restore(self, plan: Any) -> RestoreReport:
+        """Carry out a plan from check_restore, then read back and verify; raise CheckFailed on a mismatch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the link."""
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Target(ABC):
+    """A device family: artifact naming and validation, field view for diffs, compare rules, driver."""
+
+    name: ClassVar[str]
+    artifact_ext: ClassVar[str]
+    compare_rules: ClassVar[CompareRules]
+    driver: ClassVar[type[Driver]]
+
+    @abstractmethod
+    def artifact_name(self, device_id: str, created: dt.datetime) -> str:
+        """The artifact's file name as the maker's own tools name it."""
+
+    @abstractmethod
+    def load_artifact(self, path: Path) -> Artifact:
+        """Read and validate a whole artifact (structure, checksums, target); raise BadInput if it is not."""
+
+    @abstractmethod
+    def fields(self, artifact: Artifact) -> dict[str, Any]:
+        """A flat field-name -> value view for compare.diff."""
