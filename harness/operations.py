@@ -1,0 +1,109 @@
+"""The jobs users run, as one code path shared by the CLI, the feature steps and the EOL station:
+backup into the store, restore from an artifact, firmware update with backup-first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.errors import BadInput, Refused
+from harness.store import Store, verify_manifest
+from harness.targets import TARGET_NAMES, get_target
+from harness.targets.base import Artifact, DeviceInfo, Driver, RestoreReport, Target
+
+log = logging.getLogger(__name__)
+
+
+def manifest_path(artifact: Path) -> Path:
+    return Path(str(artifact) + ".manifest.json")
+
+
+def detect_target(path: Path, hint: str | None = None) -> Target:
+    """The target of an artifact: the manifest beside it says; else the one target whose loader accepts it."""
+    if hint:
+        return get_target(hint)
+    manifest = manifest_path(path)
+    if manifest.exists():
+        try:
+            name = json.loads(manifest.read_text(encoding="utf-8"))["target"]
+        except (ValueError, KeyError, OSError) as exc:
+            raise BadInput(f"{manifest}: unreadable manifest ({exc})") from exc
+        return get_target(name)
+    reasons = []
+    for name in TARGET_NAMES:
+        target = get_target(name)
+        try:
+            target.load_artifact(path)
+            return target
+        except BadInput as exc:
+            reasons.append(f"{name}: {exc}")
+    raise BadInput(f"{path} is not a backup of any known target ({'; '.join(reasons)})")
+
+
+def load_artifact(path: Path, hint: str | None = None) -> tuple[Target, Artifact]:
+    """Validate a whole artifact: its own structure and checksums, and its manifest when one is beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"no such artifact: {path}")
+    target = detect_target(path, hint)
+    artifact = target.load_artifact(path)
+    if manifest_path(path).exists():
+        verify_manifest(path)
+    return target, artifact
+
+
+def backup_to_store(driver: Driver, target: Target, store: Store, *, address: str,
+                    reason: str = "manual") -> Path:
+    backup = driver.backup(reason=reason)
+    backup.source_address = address
+    return store.save(target, backup)
+
+
+def _check(driver: Driver, artifact: Artifact, **options: bool):
+    """Pass only the options this driver's check_restore knows (cross-family is a MultispeQ notion)."""
+    accepted = inspect.signature(driver.check_restore).parameters
+    return driver.check_restore(artifact, **{k: v for k, v in options.items() if k in accepted})
+
+
+def restore_from(driver: Driver, target: Target, artifact_path: Path, store: Store, *, address: str,
+                 force: bool = False, allow_cross_family: bool = False,
+                 confirm: Callable[[DeviceInfo], None] | None = None) -> RestoreReport:
+    """Validate the artifact and its fit to the unit, confirm, restore, read back.
+
+    Nothing is written to the unit until the artifact, its manifest, the device ID and the version rule
+    have all passed. Backups the driver takes on the way (before/after restore) go into the store.
+    """
+    art_target, artifact = load_artifact(artifact_path, target.name)
+    if art_target.name != target.name:
+        raise Refused(f"{artifact_path} is a {art_target.name} backup; the unit is a {target.name}")
+    plan = _check(driver, artifact, force=force, allow_cross_family=allow_cross_family)
+    if confirm is not None:
+        confirm(driver.identify())
+    report = driver.restore(plan)
+    for backup in getattr(report, "backups", []):
+        backup.source_address = address
+        store.save(target, backup)
+    return report
+
+
+def firmware_update(driver: Driver, target: Target, store: Store, *, address: str, control: str | None,
+                    firmware: str, profile: str | None = None) -> tuple[Path, RestoreReport]:
+    """Back up, flash, restore by field name. Returns the pre-update artifact and the restore report.
+
+    Flashing goes through a simulator's control plane; a real unit is flashed with the maker's tool.
+    """
+    from harness.simctl import SimControl
+
+    if not control:
+        raise Refused("this unit has no simulator control plane: flash it with the maker's tool, then run "
+                      "`harness restore` with the backup taken before")
+    saved = backup_to_store(driver, target, store, address=address, reason="before-firmware-update")
+    log.info("backup before the firmware update: %s", saved)
+    SimControl(control).set_firmware(firmware, profile)
+    driver.close()  # flashing re-enumerates the port; the driver opens it afresh
+    report = restore_from(driver, target, saved, store, address=address, allow_cross_family=True)
+    return saved, report
