@@ -56,6 +56,7 @@ class Artifact:
     firmware: str
     created: str
     data: Any = None
+    warnings: list[str] = field(default_factory=list)  # e.g. "device ID unset" on a blank unit
 
 
 @dataclass
@@ -99,6 +100,13 @@ class Driver(ABC):
     def restore(self, plan: Any) -> RestoreReport:
         """Carry out a plan from check_restore, then read back and verify; raise CheckFailed on a mismatch."""
 
+    def apply_settings(self, values: dict[str, Any]) -> None:
+        """Write settings the way the maker's calibration tool does (no backup, no read-back).
+
+        Feature steps use it to give a unit a distinctive state through the same link a restore uses.
+        """
+        raise NotImplementedError(f"{self.target}: applying settings is not supported")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the link."""
 
@@ -128,3 +136,7 @@ class Target(ABC):
     @abstractmethod
     def fields(self, artifact: Artifact) -> dict[str, Any]:
         """A flat field-name -> value view for compare.diff."""
+
+    def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
+        """Non-default settings, different for every seed, in the field view of ``fields``."""
+        raise NotImplementedError(f"{self.name}: no distinctive settings defined")

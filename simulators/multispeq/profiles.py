@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 
 from harness.errors import BadInput
@@ -21,7 +21,7 @@ from harness.targets.multispeq import schema
 from harness.targets.multispeq.schema import Family
 
 
-class IdStyle(str, Enum):
+class IdStyle(StrEnum):
     """How a build prints the device ID (§6)."""
 
     COLON4 = "colon4"  # 1.16+: "52:00:13:1f"
@@ -29,7 +29,7 @@ class IdStyle(str, Enum):
     D4F5_UNPADDED = "d4f5_unpadded"  # print_memory before 1.16, device_info in v1.04: "d4:f5:52:0:13:1f"
 
 
-class ManufactureStyle(str, Enum):
+class ManufactureStyle(StrEnum):
     """How ``device_info`` shows ``device_manufacture`` (A and early B only, §5.1)."""
 
     NONE = "none"

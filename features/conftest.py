@@ -1,0 +1,4 @@
+"""Feature suites: the step library is shared by every feature file and every target."""
+
+from steps.common import *  # noqa: F401,F403 - pytest-bdd finds step definitions in this namespace
+from steps.console import *  # noqa: F401,F403
