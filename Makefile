@@ -29,7 +29,7 @@ lint: setup
 # into one results folder; then the HTML report is built, so a broken report pipeline fails CI too.
 test: setup lint
 	rm -rf reports/allure-results
-	$(BIN)/pytest -n $(JOBS) -p no:allure_pytest_bdd --alluredir reports/allure-results tests
+	$(BIN)/pytest -n $(JOBS) --alluredir reports/allure-results tests
 	$(BIN)/harness run -- -n $(JOBS)
 	$(BIN)/harness report
 

@@ -228,8 +228,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "features", "-p", "no:allure_pytest",
-           "--alluredir", str(RESULTS_DIR), "--bench", str(args.bench), *extra]
+    # Features report through allure-pytest-bdd; the project's addopts disable it for the unit tests
+    # (both plugins own --alluredir), so swap them here.
+    cmd = [sys.executable, "-m", "pytest", "features", "-o", "addopts=--strict-markers",
+           "-p", "no:allure_pytest", "--alluredir", str(RESULTS_DIR), "--bench", str(args.bench), *extra]
     log.info("running %s", " ".join(cmd))
     code = subprocess.call(cmd)
     return {0: 0, 1: 1, 5: 1}.get(code, 2 if code in (3, 4) else code)

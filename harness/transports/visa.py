@@ -12,6 +12,7 @@ broadcasts VXI-11/mDNS discovery over the LAN.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
@@ -66,9 +67,15 @@ class VisaTransport(Transport):
         except ValueError as exc:  # pyvisa: the resource name does not parse
             self.close()
             raise BadInput(f"{self.address}: not a valid VISA resource name ({_reason(exc)})") from exc
-        except (pyvisa.Error, *_GONE) as exc:
+        except Exception as exc:  # pyvisa-py raises a bare Exception when a connect fails
             self.close()
             raise LinkError(f"{self.address}: cannot open VISA resource ({_reason(exc)})") from exc
+        if not self._is_serial:
+            # pyvisa-py connects without blocking and reports success even when the port refused.
+            problem = self._socket_problem()
+            if problem:
+                self.close()
+                raise LinkError(f"{self.address}: cannot open VISA resource ({problem})")
         log.debug("opened %s", self.address)
 
     def _configure(self, inst: Any) -> None:
@@ -128,9 +135,10 @@ class VisaTransport(Transport):
                 return first
             first = self._read(inst, 1, timeout)
             if not first:
-                if not self._is_serial and self._peer_closed():
+                problem = None if self._is_serial else self._socket_problem()
+                if problem:
                     self.close()
-                    raise LinkError(f"{self.address}: connection closed by the unit")
+                    raise LinkError(f"{self.address}: {problem}")
                 return b""
             return first + self._slurp(inst)
         except _GONE as exc:
@@ -141,7 +149,9 @@ class VisaTransport(Transport):
         """One viRead of up to ``count`` bytes; b"" when nothing arrived within ``timeout``."""
         self._set_timeout(inst, timeout)
         try:
-            data, _status = inst.visalib.read(inst.session, count)
+            # "max count read" only says more may be waiting; _slurp and the caller's loop handle that.
+            with inst.ignore_warning(constants.StatusCode.success_max_count_read):
+                data, _status = inst.visalib.read(inst.session, count)
         except VisaIOError as exc:
             if exc.error_code == constants.StatusCode.error_timeout:
                 return b""
@@ -156,25 +166,31 @@ class VisaTransport(Transport):
         # A socket has no byte count; a 1 ms read returns what is buffered (suppress_end is off).
         return self._read(inst, _SLURP_MAX, 0.001)
 
-    def _peer_closed(self) -> bool:
-        """pyvisa-py reports a socket closed by the peer as endless silence; peek to tell EOF from quiet.
+    def _socket_problem(self) -> str | None:
+        """Why the socket is unusable (refused, reset, closed by the peer), or None if it is fine.
 
-        This reaches into pyvisa-py's session object (``interface`` is its socket); if that ever changes we
-        fall back to silence, which the driver's own timeouts still catch.
+        pyvisa-py reports a socket closed by the peer as endless silence, and a refused connect as a
+        successful open. This peeks at pyvisa-py's session object (``interface`` is its socket); if that
+        ever changes we fall back to silence, which the driver's own timeouts still catch.
         """
         inst = self._inst
         try:
             sock = inst.visalib.sessions[inst.session].interface
         except (AttributeError, KeyError, TypeError):
-            return False
+            return None
         if not isinstance(sock, socket.socket):
-            return False
+            return None
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                return os.strerror(error)
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return "connection closed by the unit"
         except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
+            return None
+        except OSError as exc:
+            return _reason(exc)
+        return None
 
 
 def _reason(exc: BaseException) -> str:

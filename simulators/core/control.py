@@ -5,7 +5,8 @@ Route logic is framework-agnostic: a ``ControlPlane`` maps ``(method, path)`` to
 ``ControlServer``; HTTP simulators mount it into their starlette app with ``starlette_routes``.
 
 Errors are JSON ``{"error": "..."}``: 404 for an unknown route, 405 for a known path with another
-method, 400 for a bad body or a refused request (``ControlError``, ``ValueError``), 500 otherwise.
+method, 400 for a bad body or a refused request (``ControlError``, ``ValueError``, ``BadInput``), 503
+for a ``DeviceError``, 500 otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from harness.errors import DeviceError, HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ class ControlPlane:
             result = handler(body)
         except ControlError as exc:
             return exc.status, {"error": str(exc)}
+        except HarnessError as exc:
+            # BadInput/Refused (a bad firmware name…) are the caller's to fix; a DeviceError is the unit's.
+            return (503 if isinstance(exc, DeviceError) else 400), {"error": str(exc)}
         except (ValueError, TypeError, KeyError) as exc:
             # Bad parameters (fault kinds, firmware names, hex images): the caller's to fix.
             message = str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"
@@ -123,6 +129,8 @@ def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> A
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the client's delayed ACK adds 40 ms each.
+    disable_nagle_algorithm = True
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

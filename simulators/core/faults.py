@@ -8,8 +8,9 @@ is busy. Byte-stream kinds (JSON parameters in brackets, defaults after ``=``):
                if the USB cable were pulled; the port comes back ``down`` seconds later (null: only on
                power on). A USB-powered unit reboots when unplugged, so by default it sends its boot
                banner again. One shot.
-- ``corrupt``  [offset=0, xor=1, replies=1]  XOR the byte at ``offset`` of each of the next ``replies``
-               replies (0: every reply until cleared) with ``xor``. Replies shorter than that pass.
+- ``corrupt``  [offset=0, xor=1, count=1]  XOR the byte at ``offset`` of each of the next ``count``
+               replies (0: every reply until cleared) with ``xor``. Replies shorter than that pass
+               unharmed and do not count.
 - ``throttle`` [baud]  limit output to ``baud`` bits/s of real time (10 bits per byte, 8N1).
 - ``stall``    [after=0, seconds=null]  after ``after`` more bytes out, stop sending: for ``seconds``,
                then go on; or (null) forever: the rest of the reply and every later reply are lost
@@ -65,7 +66,7 @@ class Param:
 
 BYTE_STREAM_KINDS: dict[str, dict[str, Param]] = {
     "drop": {"after": Param(int, 0), "down": Param(float, 0.5, nullable=True), "reboot": Param(bool, True)},
-    "corrupt": {"offset": Param(int, 0), "xor": Param(int, 0x01), "replies": Param(int, 1)},
+    "corrupt": {"offset": Param(int, 0), "xor": Param(int, 0x01), "count": Param(int, 1)},
     "throttle": {"baud": Param(int)},
     "stall": {"after": Param(int, 0), "seconds": Param(float, None, nullable=True)},
     "busy": {"seconds": Param(float, None, nullable=True)},
@@ -141,7 +142,7 @@ class Faults:
 
     @staticmethod
     def _check(kind: str, values: dict[str, Any]) -> None:
-        for name in ("after", "offset", "replies"):
+        for name in ("after", "offset", "count"):
             if name in values and values[name] < 0:
                 raise FaultError(f"fault {kind!r}: {name} must be >= 0")
         for name in ("seconds", "down"):
@@ -208,7 +209,7 @@ class Faults:
                 data[corrupt["offset"]] ^= corrupt["xor"]
                 state = self._state["corrupt"]
                 state["done"] += 1
-                if corrupt["replies"] and state["done"] >= corrupt["replies"]:
+                if corrupt["count"] and state["done"] >= corrupt["count"]:
                     self.clear_locked("corrupt")
             steps: list[Step] = []
             pos = 0

@@ -21,11 +21,15 @@ banner written earlier would always be lost; a real unit's is "often lost" only)
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import queue
 import select
+import struct
+import termios
 import threading
+import time
 import tty
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -263,13 +267,39 @@ class PtyPort:
         self._client_since = None
         self._banner = None
 
-    def _go_down(self, delay: float | None, reboot: bool) -> None:
+    def _go_down(self, delay: float | None, reboot: bool, *, drain: bool = False) -> None:
+        if drain:
+            self._drain()
         if self._master is not None:
             log.info("port gone: %s (back %s)", self.link,
                      "on power on" if delay is None else f"in {delay:g} s")
         self._close()
         self._reboot_on_up = reboot
         self._down_until = None if delay is None or not self._powered else self.clock.now() + delay
+
+    def _drain(self, timeout: float = 1.0) -> None:
+        """Wait until the client has read what was sent (a hang-up discards unread input).
+
+        A drop fault means "N bytes reached the host, then the cable went": the bytes must arrive.
+        The follower's input queue is read through a second, non-controlling descriptor.
+        """
+        if self._master is None or self._device is None or self._client_since is None:
+            return
+        try:
+            fd = os.open(self._device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            end = self.clock.now() + timeout
+            while self.clock.now() < end:
+                (pending,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
+                if pending == 0:
+                    break
+                time.sleep(0.005)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     # -- serving thread ---------------------------------------------------------------------------
 
@@ -382,7 +412,7 @@ class PtyPort:
     def _tick(self, now: float) -> None:
         drop = self.faults.due_drop()
         if drop is not None:
-            self._go_down(drop.down, drop.reboot)
+            self._go_down(drop.down, drop.reboot, drain=True)
             return
         if (self._banner is not None and self._client_since is not None
                 and now >= self._client_since + self.banner_settle):
@@ -420,7 +450,7 @@ class PtyPort:
                 return
             elif isinstance(step, Drop):
                 log.info("fault: dropping the link")
-                self._go_down(step.down, step.reboot)
+                self._go_down(step.down, step.reboot, drain=True)
                 return
 
     def _rate(self) -> float | None:

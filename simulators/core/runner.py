@@ -76,7 +76,7 @@ class Simulator(ABC):
     def set_firmware(self, firmware: str, profile: str | None = None) -> dict[str, Any]:
         """Flash another firmware/software version, keeping the non-volatile storage."""
 
-    def faults_changed(self) -> None:
+    def faults_changed(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: a fault was set or cleared (e.g. wake the link so ``drop after=0`` fires now)."""
 
     def register_routes(self, plane: ControlPlane) -> None:
