@@ -433,8 +433,14 @@ class _Parser:
     def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{what} must be a mapping of keys to values")
+        own: set[str] = set()
+        for key_node, _ in node.value:  # duplicates among the keys written here (merged ones may repeat)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in own:
+                    raise self.fail(key_node, f"{what}: key {key_node.value!r} given twice")
+                own.add(key_node.value)
         assert self.loader is not None
-        self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        self.loader.flatten_mapping(node)  # resolves `<<: *anchor`: merged keys first, own keys override
         out: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -446,8 +452,6 @@ class _Parser:
                                           f"or password_env: <VARIABLE> under credentials")
             if key not in allowed:
                 raise self.fail(key_node, f"{what}: unknown key {key!r} (allowed: {', '.join(allowed)})")
-            if key in out:
-                raise self.fail(key_node, f"{what}: key {key!r} given twice")
             out[key] = value_node
         return out
 

@@ -52,7 +52,9 @@ class DiffResult:
 
 def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Nested dicts and lists -> ``name.sub[0][1]`` paths, so every difference names one field."""
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping | list | tuple) and not value:
+        yield prefix, value  # an empty container is still a field: {"a": []} differs from {}
+    elif isinstance(value, Mapping):
         for key, sub in value.items():
             yield from flatten(sub, f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(value, list | tuple):

@@ -130,9 +130,12 @@ def _check_plain_name(name: str, what: str) -> None:
 def candidate_names(name: str, ext: str = "") -> Iterator[str]:
     """``name``, then ``stem_2.ext``, ``stem_3.ext``, ...: the names a save tries, in order.
 
-    ``ext`` is the target's artifact extension (it may contain dots, ``.tar.gz``); if ``name`` does not end
-    with it, the last suffix of ``name`` is used, so the counter always goes before the extension.
+    ``ext`` is the target's artifact extension, with or without its leading dot (it may contain dots,
+    ``.tar.gz``); if ``name`` does not end with it, the last suffix of ``name`` is used, so the counter always
+    goes before the extension.
     """
+    if ext and not ext.startswith("."):
+        ext = "." + ext  # targets may declare "json" or ".json"
     if not ext or not name.endswith(ext) or name == ext:
         ext = Path(name).suffix
     stem = name[: len(name) - len(ext)] if ext else name

@@ -149,3 +149,11 @@ def test_printed_value_is_equal_within_its_own_decimals(x: float, decimals: int)
     printed = f"{x:.{decimals}f}"
     assert values_equal(printed, x, CompareRules(float_decimals=decimals))
     assert not math.isnan(float(printed))
+
+
+def test_an_empty_container_is_a_field_of_its_own():
+    from harness.compare import diff
+
+    result = diff({"a": []}, {})
+    assert [d.kind for d in result.differences] == ["only_in_a"]
+    assert not diff({"a": {}}, {"a": {}}).differences

@@ -321,6 +321,15 @@ def test_backup_must_carry_content_or_path(store: Store, tmp_path: Path) -> None
         store.save(FakeTarget(), Backup(device=DEVICE, created=T0, path=tmp_path / "gone.fak"))
 
 
+def test_suffix_goes_before_the_extension_with_or_without_its_dot() -> None:
+    for ext in ("json", ".json"):
+        assert list(zip(candidate_names("2020-07-07T19.07.58.json", ext), range(3), strict=False)) == [
+            ("2020-07-07T19.07.58.json", 0), ("2020-07-07T19.07.58_2.json", 1), ("2020-07-07T19.07.58_3.json", 2)]
+    assert next(iter(candidate_names("backup-of-x-2024-01-02.tar.gz", "tar.gz"))) == "backup-of-x-2024-01-02.tar.gz"
+    assert list(candidate_names("b.tar.gz", ".tar.gz"))[1] == "b_2.tar.gz"
+    assert list(candidate_names("noext", ""))[1] == "noext_2"
+
+
 def test_device_key_and_unsafe_ids() -> None:
     assert device_key("52:00:13:1F") == "5200131f"
     for bad in ("", "../x", "a/b", ".hidden"):
@@ -335,7 +344,7 @@ def test_redact_address() -> None:
     assert redact_address("https://u:p@h:8443/api?jwt=x") == "https://u@h:8443/api?jwt=REDACTED"
 
 
-ext_strategy = st.sampled_from(["", ".json", ".gmi", ".tar.gz", ".zip"])
+ext_strategy = st.sampled_from(["", ".json", "json", ".gmi", ".tar.gz", "tar.gz", ".zip"])
 stem_strategy = st.text(st.characters(codec="ascii", categories=("L", "N"), include_characters="-_."),
                         min_size=1, max_size=20)
 
@@ -343,11 +352,12 @@ stem_strategy = st.text(st.characters(codec="ascii", categories=("L", "N"), incl
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stem=stem_strategy, ext=ext_strategy, count=st.integers(1, 50))
 def test_candidate_names_are_distinct_and_keep_the_extension(stem: str, ext: str, count: int) -> None:
-    name = stem + ext
+    dotted = "." + ext.lstrip(".") if ext else ""  # a target may declare "json" or ".json"
+    name = stem + dotted
     names = [n for n, _ in zip(candidate_names(name, ext), range(count), strict=False)]
     assert names[0] == name
     assert len(set(names)) == len(names)
-    real_ext = ext if ext and name != ext else Path(name).suffix
+    real_ext = dotted if dotted and name != dotted else Path(name).suffix
     for i, candidate in enumerate(names[1:], start=2):
         assert candidate.endswith(f"_{i}{real_ext}")
         assert candidate[: -len(f"_{i}{real_ext}")] == name[: len(name) - len(real_ext)]

@@ -145,9 +145,13 @@ class VisaTransport(Transport):
             self.close()
             raise LinkError(f"{self.address}: read failed, port gone? ({_reason(exc)})") from exc
 
-    def _read(self, inst: Any, count: int, timeout: float) -> bytes:
-        """One viRead of up to ``count`` bytes; b"" when nothing arrived within ``timeout``."""
-        self._set_timeout(inst, timeout)
+    def _read(self, inst: Any, count: int, timeout: float | None) -> bytes:
+        """One viRead of up to ``count`` bytes; b"" when nothing arrived within ``timeout``.
+
+        ``timeout=None`` keeps the current one: on a serial port each change is a tcsetattr underneath.
+        """
+        if timeout is not None:
+            self._set_timeout(inst, timeout)
         try:
             # "max count read" only says more may be waiting; _slurp and the caller's loop handle that.
             with inst.ignore_warning(constants.StatusCode.success_max_count_read):
@@ -162,7 +166,8 @@ class VisaTransport(Transport):
         """Whatever is waiting now, without blocking (beyond a 1 ms poll on sockets)."""
         if self._is_serial:
             waiting = inst.bytes_in_buffer
-            return self._read(inst, waiting, 1.0) if waiting else b""
+            # The bytes are already buffered, so the read returns at once whatever the timeout is.
+            return self._read(inst, waiting, None) if waiting else b""
         # A socket has no byte count; a 1 ms read returns what is buffered (suppress_end is off).
         return self._read(inst, _SLURP_MAX, 0.001)
 

@@ -290,12 +290,16 @@ class PtyPort:
         except OSError:
             return
         try:
-            end = self.clock.now() + timeout
-            while self.clock.now() < end:
+            # The kernel moves written bytes to the follower's queue asynchronously: first wait (briefly)
+            # to see them land, unless the client already took them; then until the queue is empty.
+            start = self.clock.now()
+            seen = False
+            while self.clock.now() - start < timeout:
                 (pending,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
-                if pending == 0:
+                seen = seen or pending > 0
+                if pending == 0 and (seen or self.clock.now() - start > 0.05):
                     break
-                time.sleep(0.005)
+                time.sleep(0.002)
         except OSError:
             pass
         finally:

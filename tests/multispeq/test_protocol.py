@@ -285,7 +285,8 @@ def test_format_arg_large_printed_values_become_short():
 
 
 def test_format_arg_rejects_text_that_is_not_a_number():
-    for bad in ("", "abc", "1e+38", "+1", "0x10"):
+    assert format_arg("1e+38") == "1e38"
+    for bad in ("", "abc", "+1", "0x10", "1,5"):
         with pytest.raises(BadInput):
             format_arg(bad)
 

@@ -205,7 +205,9 @@ def shape_of(key: str) -> tuple[int, ...]:
     return ()
 
 
-_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE]-?\d+)?|-?nan|-?inf", re.IGNORECASE)
+# What a unit prints (%f, nan, -nan, inf), plus exponents, so values typed by hand or taken from Python's
+# repr are accepted as input too; argument text is always rebuilt by format_arg, never passed through.
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|-?nan|-?inf", re.IGNORECASE)
 _INTEGER = re.compile(r"-?\d+")
 
 

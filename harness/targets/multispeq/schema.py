@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-from construct import Array, Bytes, Container, Float32l, Int8ul, Int32sl, Struct
+from construct import Adapter, Array, Bytes, Container, FormatFieldError, Int8ul, Int32sl, Int32ul, Struct
 
 from harness.errors import BadInput
 
@@ -45,6 +45,41 @@ AUTO_ARRAYS = (
     "auto_blank_amplitude",
     "auto_zero_amplitude",
 )
+
+
+class NaN32(float):
+    """A NaN read from the image that remembers its exact 32 bits (sign, quiet bit, payload)."""
+
+    __slots__ = ("bits",)
+
+    def __new__(cls, bits: int) -> NaN32:
+        self = super().__new__(cls, struct.unpack("<f", struct.pack("<I", bits))[0])
+        self.bits = bits
+        return self
+
+
+class _Float32Exact(Adapter):
+    """``Float32l`` that builds back the exact bits it parsed, NaNs included.
+
+    A plain ``Float32l`` widens to a C double and back, which quiets signalling NaNs (0x7F800001 comes back
+    as 0x7FC00001), so parse -> build would change bytes of a used or random part. Parsed NaNs are NaN32
+    floats that carry their bits; every other value is a plain float and packs as before.
+    """
+
+    def _decode(self, obj: int, context: object, path: str) -> float:
+        value = struct.unpack("<f", struct.pack("<I", obj))[0]
+        return NaN32(obj) if math.isnan(value) else value
+
+    def _encode(self, obj: float, context: object, path: str) -> int:
+        if isinstance(obj, NaN32) and math.isnan(obj):
+            return obj.bits
+        try:
+            return struct.unpack("<I", struct.pack("<f", obj))[0]
+        except (OverflowError, struct.error) as exc:
+            raise FormatFieldError(f"{obj!r} does not fit a float32: {exc}", path=path) from exc
+
+
+Float32l = _Float32Exact(Int32ul)
 
 
 def _prefix() -> list:
