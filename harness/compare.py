@@ -52,7 +52,7 @@ class DiffResult:
 
 def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Nested dicts and lists -> ``name.sub[0][1]`` paths, so every difference names one field."""
-    if isinstance(value, Mapping | list | tuple) and not value:
+    if prefix and isinstance(value, Mapping | list | tuple) and not value:
         yield prefix, value  # an empty container is still a field: {"a": []} differs from {}
     elif isinstance(value, Mapping):
         for key, sub in value.items():

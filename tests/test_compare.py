@@ -112,11 +112,14 @@ nested = st.recursive(
 relaxed = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def count_leaves(value: object) -> int:
+def count_leaves(value: object, root: bool = True) -> int:
+    """Leaves as flatten names them: scalars, and empty containers below the root."""
+    if isinstance(value, dict | list | tuple) and not value:
+        return 0 if root else 1
     if isinstance(value, dict):
-        return sum(count_leaves(v) for v in value.values())
+        return sum(count_leaves(v, False) for v in value.values())
     if isinstance(value, list | tuple):
-        return sum(count_leaves(v) for v in value)
+        return sum(count_leaves(v, False) for v in value)
     return 1
 
 

@@ -156,6 +156,8 @@ class PtyPort:
         """
         if threading.current_thread() is self._thread or self._thread is None:
             return fn()
+        if not self._thread.is_alive():
+            raise RuntimeError(f"{self.link}: the serving thread is dead (see the log)")
         future: Future[T] = Future()
         self._commands.put((fn, future))
         if interrupt:
@@ -311,9 +313,12 @@ class PtyPort:
         try:
             while not self._stopping.is_set():
                 self._step()
-        except Exception:  # the unit is dead; say why, loudly, once
+        except Exception as exc:  # the unit is dead; say why, loudly, once
             log.exception("pty serving thread crashed")
             self._close()
+            while not self._commands.empty():
+                _, future = self._commands.get_nowait()
+                future.set_exception(RuntimeError(f"{self.link}: the serving thread crashed: {exc}"))
             raise
 
     def _step(self) -> None:
