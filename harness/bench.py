@@ -6,7 +6,7 @@ A bench is a YAML file::
     description: QA laptop        # optional
     devices:
       multispeq:                  # device name: letters, digits, '_', '-', '.'
-        target: multispeq         # a known target (harness.targets.TARGET_NAMES)
+        target: multispeq         # a known target (harness.targets.available_targets())
         firmware: "1.17"          # firmware/software version the unit runs (kept as written: 1.10 stays "1.10")
         sim:                      # the harness starts this simulator itself
           device_id: "52:00:13:1f"  # optional: the simulator's default otherwise
@@ -59,7 +59,7 @@ from typing import Any
 import yaml
 
 from harness.errors import BadInput, DeviceError, Refused
-from harness.targets import TARGET_NAMES
+from harness.targets import available_targets
 
 log = logging.getLogger(__name__)
 
@@ -523,11 +523,11 @@ class _Parser:
         what = f"device {name!r}"
         keys = self.mapping(node, what, _DEVICE_KEYS)
         if "target" not in keys:
-            raise self.fail(node, f"{what}: missing target: (one of {', '.join(TARGET_NAMES)})")
+            raise self.fail(node, f"{what}: missing target: (one of {', '.join(available_targets())})")
         target = self.text(keys["target"], f"{what}: target") or ""
-        if target not in TARGET_NAMES:
+        if target not in available_targets():
             raise self.fail(keys["target"], f"{what}: unknown target {target!r} "
-                                            f"(known: {', '.join(TARGET_NAMES)})")
+                                            f"(known: {', '.join(available_targets())})")
         if "firmware" not in keys:
             raise self.fail(node, f"{what}: missing firmware: (the version the unit runs, quoted: \"1.17\")")
         firmware = self.text(keys["firmware"], f"{what}: firmware") or ""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import __version__
 from harness.errors import BadInput, DeviceError, HarnessError, Refused
-from harness.targets import TARGET_NAMES, get_target
+from harness.targets import ALL_TARGETS, available_targets, get_target
 from harness.targets.base import DeviceInfo, Driver, RestoreReport, Target
 
 log = logging.getLogger("harness")
@@ -267,7 +267,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_device_args(p: argparse.ArgumentParser, *, device_required: bool = False) -> None:
     p.add_argument("device", nargs="?" if not device_required else None, help="device name in the bench")
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="bench file (default: %(default)s)")
-    p.add_argument("--target", choices=TARGET_NAMES, help="target, with --address, for a unit not in a bench")
+    p.add_argument("--target", choices=available_targets(), help="target, with --address, for a unit not in a bench")
     p.add_argument("--address", help="pty path, pyserial URL, ASRL…::INSTR, TCPIP…::SOCKET or https URL")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, help="file holding the password (never on the command line)")
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="simulators").add_subparsers(dest="sim_command", required=True)
     run = sim.add_parser("run", help="run one simulator until SIGTERM; first stdout line is JSON")
-    run.add_argument("target", choices=TARGET_NAMES)
+    run.add_argument("target", choices=ALL_TARGETS)
     run.add_argument("--firmware", help="firmware or software version")
     run.add_argument("--profile")
     run.add_argument("--state", help="state directory (non-volatile storage)")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check an artifact: schema, checksums, manifest")
     p.add_argument("artifact")
-    p.add_argument("--target", choices=TARGET_NAMES)
+    p.add_argument("--target", choices=available_targets())
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("diff", help="field-level differences between two artifacts; exit 1 if any")
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("latest", help="the newest artifact of a unit, by manifest")
-    p.add_argument("--target", required=True, choices=TARGET_NAMES)
+    p.add_argument("--target", required=True, choices=available_targets())
     p.add_argument("--device-id", required=True)
     p.add_argument("--store", type=Path, default=_default_store())
     p.set_defaults(func=cmd_latest)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.errors import BadInput, Refused
 from harness.store import Store, verify_manifest
-from harness.targets import TARGET_NAMES, get_target
+from harness.targets import available_targets, get_target
 from harness.targets.base import Artifact, DeviceInfo, Driver, RestoreReport, Target
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def detect_target(path: Path, hint: str | None = None) -> Target:
             raise BadInput(f"{manifest}: unreadable manifest ({exc})") from exc
         return get_target(name)
     reasons = []
-    for name in TARGET_NAMES:
+    for name in available_targets():
         target = get_target(name)
         try:
             target.load_artifact(path)

@@ -11,7 +11,13 @@ import pytest
 from harness.errors import BadInput
 from harness.targets.multispeq import TARGET
 from harness.targets.multispeq.artifact import build_document, load_document, parse_document
-from harness.targets.multispeq.protocol import parse_device_info, printed_keys, render_print_memory, shape_of, with_crc
+from harness.targets.multispeq.protocol import (
+    parse_device_info,
+    printed_keys,
+    render_print_memory,
+    shape_of,
+    with_crc,
+)
 from harness.targets.multispeq.schema import FAMILIES
 
 CREATED = dt.datetime(2020, 7, 7, 19, 7, 58, tzinfo=dt.UTC)

@@ -91,6 +91,7 @@ class Snapshot:
     """One reading of a unit: device_info and print_memory, both CRC-verified."""
 
     info: dict[str, Any]
+    info_raw: bytes
     raw: bytes
     memory: dict[str, Any]
     family: Family
@@ -247,12 +248,12 @@ class MultispeqDriver(Driver):
         raise DeviceError(f"{self.address}: {problem} ({1 + READ_RETRIES} attempts); no backup taken: check "
                           f"the cable or link and retry")
 
-    def _device_info(self) -> dict[str, Any]:
+    def _device_info(self) -> tuple[dict[str, Any], bytes]:
         raw = self._crc_read(DEVICE_INFO, device_info_end, "device_info reply", INFO_TIMEOUT_S)
         info = parse_device_info(raw)
         if info["device_id"] == UNSET_ID:
             log.warning("%s: device ID is unset (%s): blank EEPROM?", self.address, UNSET_ID)
-        return info
+        return info, raw
 
     def _read_memory(self, info: Mapping[str, Any]) -> tuple[bytes, dict[str, Any], list[str], Family, bytes]:
         """print_memory (or 1006 on A/B/C50), verified and parsed; the family from its keys (§7.1 4-7)."""
@@ -315,12 +316,12 @@ class MultispeqDriver(Driver):
         if sync:
             self._drain()
             self._hello()
-        info = self._device_info()
+        info, info_raw = self._device_info()
         raw, memory, warnings, family, command = self._read_memory(info)
         if info["device_id"] == UNSET_ID:
             warnings.append(f"device ID is unset ({UNSET_ID}): blank EEPROM?")
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        return Snapshot(info, raw, memory, family, warnings, created, command)
+        return Snapshot(info, info_raw, raw, memory, family, warnings, created, command)
 
     def _as_backup(self, snap: Snapshot, reason: str) -> Backup:
         content = build_document(created=snap.created, reason=reason, info=snap.info, family=snap.family,
@@ -344,7 +345,7 @@ class MultispeqDriver(Driver):
     def identify(self) -> DeviceInfo:
         self._drain()
         self._hello()
-        info = self._device_info()
+        info, _ = self._device_info()
         try:
             family: Family | None = family_for_firmware(info["firmware"])
         except BadInput:
