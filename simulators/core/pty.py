@@ -69,6 +69,7 @@ class PtyPort:
     ``reset_delay``: wall-clock seconds the port stays gone when the console asks for a reset.
     ``banner_settle``: seconds after a client opened the port before the boot banner is sent (the
     host's open sequence must finish first, and a real unit finishes booting after it enumerates).
+    ``hold_banner``: deliver the boot banner to the next client instead of losing it.
     ``write_timeout``: a client that has the port open but reads nothing loses output after this long
     (the unit's USB stack drops data nobody collects), so the serving thread never hangs.
     """
@@ -84,6 +85,7 @@ class PtyPort:
         reset_delay: float = 0.2,
         banner_settle: float = 0.1,
         write_timeout: float = 5.0,
+        hold_banner: bool = False,
     ) -> None:
         self.console = console
         self.link = Path(link).absolute()
@@ -93,6 +95,10 @@ class PtyPort:
         self.reset_delay = reset_delay
         self.banner_settle = banner_settle
         self.write_timeout = write_timeout
+        # A real unit prints its banner at the end of boot, before a host has the port open, so a host
+        # usually misses it (pyserial flushes input on open). hold_banner=True delivers it to the next
+        # client instead, to exercise a driver's handling of an unsolicited "Ready" line.
+        self.hold_banner = hold_banner
 
         self._master: int | None = None
         self._device: str | None = None  # /dev/pts/N behind the link
@@ -232,7 +238,7 @@ class PtyPort:
         if reboot:
             self.console.reset_requested = False
             banner = self.console.boot()
-            self._banner = banner or None
+            self._banner = (banner or None) if self.hold_banner else None
         self._publish(device)
         self._up.set()
         log.info("port up: %s -> %s", self.link, device)

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from simulators.core.clock import Clock
-from simulators.core.control import ControlPlane, require
+from simulators.core.control import ControlError, ControlPlane, require
 from simulators.core.options import SimOptions
 from simulators.core.pty import PtyPort
 from simulators.core.runner import Simulator
@@ -89,11 +89,15 @@ class MultispeqSimulator(Simulator):
         return self.state()
 
     def reset(self) -> dict[str, Any]:
+        if not self.port.describe()["powered"]:
+            raise ControlError("the unit is powered off: power it on first", 409)
         self.port.port_gone(self._down(REENUMERATE_S), reboot=True)
         return self.state()
 
     def set_firmware(self, firmware: str, profile: str | None = None) -> dict[str, Any]:
         profile_for(firmware, profile)  # refuse an unknown firmware before touching the unit (BadInput)
+        if not self.port.describe()["powered"]:
+            raise ControlError("the unit is powered off: power it on first", 409)
         self.port.call(lambda: self.device.change_firmware(firmware, profile), interrupt=True)
         # A reflash reboots the Teensy: the port goes away while the bootloader runs.
         self.port.port_gone(self._down(REFLASH_S), reboot=True)

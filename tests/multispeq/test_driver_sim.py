@@ -111,6 +111,12 @@ def test_crc_corruption_retries_then_fails(driver, sim):
     assert driver.backup().content
 
 
+def test_stalled_reply_is_retried(driver, sim):
+    with SimControl(sim.control) as ctl:
+        ctl.set_fault("stall", after=3000, seconds=1.5)  # mid print_memory, longer than the 1 s idle timeout
+        assert driver.backup().device.device_id == "52:00:13:1f"
+
+
 def test_port_drop_during_restore_reconnects_and_reruns(driver, sim, tmp_path):
     driver.apply_settings({"mag_cal": NON_SYMMETRIC})
     first = save(tmp_path, driver.backup(), "first.json")
@@ -151,3 +157,20 @@ def test_family_f_backup_is_refused(tmp_path):
     with start_simulator(SimOptions(target="multispeq", state=tmp_path / "f", firmware="1.19")) as proc:
         with MultispeqDriver(proc.address) as drv, pytest.raises(Refused, match="1.19"):
             drv.backup()
+
+
+@pytest.mark.parametrize(("firmware", "profile"), [
+    ("0.54", None), ("1.05", None), ("1.05", "B"), ("1.06", None), ("1.11", None), ("1.15", None)])
+def test_round_trip_on_every_command_set(tmp_path, firmware, profile):
+    """Numeric setters (A/B/C50, v1.04's one-value PAR codes), 5-value set_led_par (D), pre-1.16 IDs (E)."""
+    options = SimOptions(target="multispeq", state=tmp_path / "s", firmware=firmware, profile=profile,
+                         device_id="d4:f5:52:00:13:1f")
+    with start_simulator(options) as proc, MultispeqDriver(proc.address) as drv:
+        drv.apply_settings(TARGET.distinctive_settings(drv.identify(), seed=4))
+        first = save(tmp_path, drv.backup(), "first.json")
+        drv.apply_settings(TARGET.distinctive_settings(drv.identify(), seed=5))
+        report = drv.restore(drv.check_restore(first))
+        assert report.resent == []
+        again = save(tmp_path, drv.backup(), "again.json")
+        result = diff(TARGET.fields(first), TARGET.fields(again), TARGET.compare_rules)
+        assert result.equal, [str(d) for d in result.differences]

@@ -112,7 +112,8 @@ def faults() -> Faults:
 
 @pytest.fixture
 def port(tmp_path: Path, console: LineConsole, faults: Faults) -> Iterator[PtyPort]:
-    p = PtyPort(console, tmp_path / "tty", faults=faults, reset_delay=0.15, banner_settle=0.05)
+    p = PtyPort(console, tmp_path / "tty", faults=faults, reset_delay=0.15, banner_settle=0.05,
+                hold_banner=True)
     p.start()
     yield p
     p.stop()
@@ -331,7 +332,8 @@ def test_fault_throttle_measurably_slows_a_reply(port: PtyPort, faults: Faults, 
 
 def test_realtime_clock_paces_at_the_baud_rate(tmp_path: Path, console: LineConsole) -> None:
     # 115200 baud at time scale 0.5: 23040 bytes/s, so 11520 bytes take about 0.5 s.
-    p = PtyPort(console, tmp_path / "tty", clock=Clock(0.5), baud=115200, banner_settle=0.05)
+    p = PtyPort(console, tmp_path / "tty", clock=Clock(0.5), baud=115200, banner_settle=0.05,
+                hold_banner=True)
     p.start()
     try:
         with open_port(tmp_path / "tty") as ser:

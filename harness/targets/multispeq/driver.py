@@ -12,7 +12,8 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,9 @@ class MultispeqDriver(Driver):
     def __init__(self, address: str, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)
         self._transport: Transport | None = None
+        # True while the last operation on this open link ended with the unit idle and in step, so the
+        # next one need not wait out the device's 500 ms command timeout again (§7.1 step 1).
+        self._in_sync = False
 
     # --- link ---------------------------------------------------------------------------------------------
 
@@ -161,6 +165,7 @@ class MultispeqDriver(Driver):
         return self._transport
 
     def close(self) -> None:
+        self._in_sync = False
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -171,8 +176,14 @@ class MultispeqDriver(Driver):
     def _quiet(self) -> float:
         return QUIET_S * self.time_scale
 
-    def _drain(self) -> None:
-        junk = self._link().drain(self._quiet(), max_time=self._timeout(5.0))
+    def _drain(self, *, quick: bool = False) -> None:
+        """Discard unsolicited input (boot banners, the tail of an aborted reply) until the line is quiet.
+
+        The full wait outlasts the device's 500 ms name timeout, so a partial command in its input expires;
+        ``quick`` only collects what is already there, for a link whose last exchange ended in step.
+        """
+        quiet = 0.02 if quick else self._quiet()
+        junk = self._link().drain(quiet, max_time=self._timeout(5.0))
         if junk:
             log.debug("%s: discarded %d bytes of unsolicited input: %r", self.address, len(junk), junk[:80])
 
@@ -311,11 +322,18 @@ class MultispeqDriver(Driver):
         warnings.append(text)
         return by_keys
 
-    def _snapshot(self, *, sync: bool = True) -> Snapshot:
-        """The backup procedure of §7.1 up to parsing; ``sync=False`` when hello+ was just answered."""
-        if sync:
-            self._drain()
-            self._hello()
+    @contextmanager
+    def _exchange(self) -> Iterator[None]:
+        """One operation: drain, ``hello+`` sync (§7.1 steps 1-2), and in step again only on success."""
+        quick = self._in_sync
+        self._in_sync = False
+        self._drain(quick=quick)
+        self._hello()
+        yield
+        self._in_sync = True
+
+    def _snapshot(self) -> Snapshot:
+        """The backup procedure of §7.1 steps 3-6, on a link that has just answered ``hello+``."""
         info, info_raw = self._device_info()
         raw, memory, warnings, family, command = self._read_memory(info)
         if info["device_id"] == UNSET_ID:
@@ -343,9 +361,8 @@ class MultispeqDriver(Driver):
     # --- the Driver interface -----------------------------------------------------------------------------
 
     def identify(self) -> DeviceInfo:
-        self._drain()
-        self._hello()
-        info, _ = self._device_info()
+        with self._exchange():
+            info, _ = self._device_info()
         try:
             family: Family | None = family_for_firmware(info["firmware"])
         except BadInput:
@@ -353,7 +370,8 @@ class MultispeqDriver(Driver):
         return self._device(info, family)
 
     def backup(self, *, reason: str = "manual") -> Backup:
-        snap = self._snapshot()
+        with self._exchange():
+            snap = self._snapshot()
         log.info("%s: backed up unit %s (firmware %s, layout %s)", self.address, snap.info["device_id"],
                  snap.info["firmware"], snap.family.name)
         return self._as_backup(snap, reason)
@@ -375,7 +393,8 @@ class MultispeqDriver(Driver):
                 raise Refused(f"{artifact.path.name} was edited after the backup ({source.edits[0]}); "
                               f"nothing was sent; force restores its memory values anyway")
             notes.append(f"restoring an edited backup file ({'; '.join(source.edits)})")
-        unit = self._snapshot()
+        with self._exchange():
+            unit = self._snapshot()
         unit_id = unit.info["device_id"]
         if unit_id != artifact.device_id:
             if not force:
@@ -414,32 +433,36 @@ class MultispeqDriver(Driver):
                                         untouched=list(mapping.untouched), not_carried=list(plan.not_carried),
                                         notes=list(plan.notes))
         report.backups = plan.backups
-        before = self._snapshot()
-        if (before.info["device_id"], before.family.name) != (plan.unit.info["device_id"], plan.unit.family.name):
-            raise Refused(f"the unit changed since the restore was checked (now {before.info['device_id']}, "
-                          f"layout {before.family.name}); nothing was sent: check the restore again")
-        plan.backups.append(self._as_backup(before, "before-restore"))
-        # Rebuilt on the fresh reading, so fields kept from the unit carry its values of this moment.
-        groups = restore_groups(plan.source.memory, before.family, include_device_id=plan.restore_device_id,
-                                current=before.memory, firmware=before.info["firmware"])
-        self._send_all(groups, report)
-        after = self._snapshot(sync=False)
-        differences = self._verify(plan, groups, before, after, report)
-        if differences:
-            resend = group_for_keys(groups, [d.field for d in differences])
-            report.resent = [g.name for g in resend]
-            log.warning("%s: read-back differs in %d fields; re-sending %s", self.address, len(differences),
-                        ", ".join(report.resent))
-            report.notes.append(f"read-back differed in {len(differences)} fields; re-sent "
-                                f"{', '.join(report.resent)} once")
-            self._send_all(resend, report)
-            after = self._snapshot(sync=False)
+        with self._exchange():
+            before = self._snapshot()
+            if (before.info["device_id"], before.family.name) != (plan.unit.info["device_id"],
+                                                                   plan.unit.family.name):
+                raise Refused(f"the unit changed since the restore was checked (now {before.info['device_id']}, "
+                              f"layout {before.family.name}); nothing was sent: check the restore again")
+            plan.backups.append(self._as_backup(before, "before-restore"))
+            # Rebuilt on the fresh reading, so fields kept from the unit carry its values of this moment.
+            groups = restore_groups(plan.source.memory, before.family, include_device_id=plan.restore_device_id,
+                                    current=before.memory, firmware=before.info["firmware"])
+            self._send_all(groups, report)
+            # Read back (§8.3): the last group's hello+ was answered, so the link is idle and in step.
+            after = self._snapshot()
             differences = self._verify(plan, groups, before, after, report)
             if differences:
-                shown = "; ".join(str(d) for d in differences[:5])
-                more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
-                raise CheckFailed(f"read-back after restore differs in {len(differences)} fields: {shown}{more}")
-        plan.backups.append(self._as_backup(after, "after-restore"))
+                resend = group_for_keys(groups, [d.field for d in differences])
+                report.resent = [g.name for g in resend]
+                log.warning("%s: read-back differs in %d fields; re-sending %s", self.address,
+                            len(differences), ", ".join(report.resent))
+                report.notes.append(f"read-back differed in {len(differences)} fields; re-sent "
+                                    f"{', '.join(report.resent)} once")
+                self._send_all(resend, report)
+                after = self._snapshot()
+                differences = self._verify(plan, groups, before, after, report)
+                if differences:
+                    shown = "; ".join(str(d) for d in differences[:5])
+                    more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+                    raise CheckFailed(f"read-back after restore differs in {len(differences)} fields: "
+                                      f"{shown}{more}")
+            plan.backups.append(self._as_backup(after, "after-restore"))
         log.info("%s: restored %d fields onto %s", self.address, len(report.restored), after.info["device_id"])
         return report
 
@@ -448,18 +471,20 @@ class MultispeqDriver(Driver):
 
         No backup and no read-back: this is the calibration tool's job, used to give a unit a state.
         """
-        snap = self._snapshot()
-        unknown = [k for k in values if k not in snap.memory]
-        if unknown:
-            raise BadInput(f"layout {snap.family.name} has no field {', '.join(unknown)}")
-        memory = {k: _printed(k, v) for k, v in values.items()}
-        groups = restore_groups(memory, snap.family, include_device_id="device_id" in values,
-                                current=snap.memory, firmware=snap.info["firmware"])
-        self._send_all(groups, None)
+        with self._exchange():
+            snap = self._snapshot()
+            unknown = [k for k in values if k not in snap.memory]
+            if unknown:
+                raise BadInput(f"layout {snap.family.name} has no field {', '.join(unknown)}")
+            memory = {k: _printed(k, v) for k, v in values.items()}
+            groups = restore_groups(memory, snap.family, include_device_id="device_id" in values,
+                                    current=snap.memory, firmware=snap.info["firmware"])
+            self._send_all(groups, None)
 
     def reset(self) -> None:
         """Reboot the unit (``reset+``) and wait for its port to come back at the same address."""
         transport = self._link()
+        self._in_sync = False
         transport.write(RESET)
         end = time.monotonic() + self._timeout(PORT_DROP_WAIT_S)
         while time.monotonic() < end:
@@ -470,8 +495,8 @@ class MultispeqDriver(Driver):
         else:
             log.info("%s: the port stayed up after reset+; reopening it anyway", self.address)
         transport.reopen(self._timeout(REOPEN_TIMEOUT_S))
-        self._drain()
-        self._hello()
+        with self._exchange():
+            pass  # the full drain swallows the boot banner; hello+ proves the unit is back
 
     # --- restore internals --------------------------------------------------------------------------------
 
@@ -514,7 +539,7 @@ class MultispeqDriver(Driver):
             self._link()
         else:
             self._transport.reopen(self._timeout(REOPEN_TIMEOUT_S))
-        self._drain()
+        self._drain()  # full: the unit rebooted, its banner may still be on its way
         self._hello()
 
     def _verify(self, plan: RestorePlan, groups: list[Group], before: Snapshot, after: Snapshot,
@@ -604,8 +629,11 @@ def distinctive_settings(device: DeviceInfo, seed: int) -> dict[str, Any]:
         "detector_offset_slope": [v() for _ in range(4)],
         "detector_offset_yint": [v() for _ in range(4)],
     }
+    # 1.05 is A or B (§2.1), which the firmware string cannot tell: only the thickness fields both have.
+    candidates = [FAMILIES[n] for n in AMBIGUOUS_FIRMWARE.get(device.firmware, (family.name,))]
     for key in family.thickness:
-        out[key] = v(5)
+        if all(key in c.thickness for c in candidates):
+            out[key] = v(5)
     out["par_to_dac_slope1"] = [v(1000) for _ in range(11)]
     out["ir_baseline_yint"] = [v(50) for _ in range(11)]
     out["colorcal_blank2"] = [v(1) for _ in range(11)]
