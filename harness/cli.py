@@ -164,7 +164,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     with progress_reporter("restore") as progress, connect(args, progress) as conn:
         report = restore_from(conn.driver, conn.target, Path(args.artifact), Store(args.store),
-                              address=conn.address, force=args.force, confirm=confirm)
+                              address=conn.address, force=args.force, allow_cross_family=args.migrate,
+                              confirm=confirm)
     print(f"restored {len(report.restored)} fields")
     _print_report(report, ("skipped (not on this unit)", "untouched (not in the backup)",
                            "not carried by this kind of backup"))
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(p)
     p.add_argument("--yes", action="store_true", help="do not ask before overwriting the unit")
     p.add_argument("--force", action="store_true", help="also override a device ID mismatch")
+    p.add_argument("--migrate", action="store_true",
+                   help="allow a restore across firmware layouts, by field name (the target's rules)")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("firmware-update", help="backup, update firmware, restore by field name")

@@ -83,11 +83,16 @@ def restore_from(driver: Driver, target: Target, artifact_path: Path, store: Sto
     plan = _check(driver, artifact, force=force, allow_cross_family=allow_cross_family)
     if confirm is not None:
         confirm(driver.identify())
-    report = driver.restore(plan)
-    for backup in getattr(report, "backups", []):
-        backup.source_address = address
-        store.save(target, backup)
-    return report
+    report = None
+    try:
+        report = driver.restore(plan)
+        return report
+    finally:
+        # The unit's state before the restore (and after it) is filed even when the read-back fails:
+        # it is the only copy of what the restore overwrote. Drivers keep them on the plan or the report.
+        for backup in getattr(plan, "backups", None) or getattr(report, "backups", None) or []:
+            backup.source_address = address
+            store.save(target, backup)
 
 
 def firmware_update(driver: Driver, target: Target, store: Store, *, address: str, control: str | None,
@@ -100,7 +105,7 @@ def firmware_update(driver: Driver, target: Target, store: Store, *, address: st
 
     if not control:
         raise Refused("this unit has no simulator control plane: flash it with the maker's tool, then run "
-                      "`harness restore` with the backup taken before")
+                      "`harness restore --migrate` with the backup taken before")
     saved = backup_to_store(driver, target, store, address=address, reason="before-firmware-update")
     log.info("backup before the firmware update: %s", saved)
     SimControl(control).set_firmware(firmware, profile)

@@ -18,3 +18,6 @@ class SimOptions:
     # None = fast (no artificial delays); 1.0 = realtime; 0.1 = ten times faster than the real unit.
     time_scale: float | None = None
     control: bool = True
+    # HTTP simulators: serve HTTPS with a self-signed certificate. None: the target's default, or
+    # HARNESS_SIM_TLS=1 in the environment (simulators/core/http.py).
+    tls: bool | None = None

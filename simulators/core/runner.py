@@ -176,14 +176,19 @@ def serve(
     try:
         simulator = create_simulator(options)
         fields = simulator.start()
-        if options.control:
+        # An HTTP simulator serves its control plane under /_sim on its own server and says so by
+        # returning "control" itself (null with --no-control); the others get a ControlServer here.
+        own_control = "control" in fields
+        control = fields.pop("control", None)
+        if options.control and not own_control:
             plane = ControlPlane()
             simulator.register_routes(plane)
             server = ControlServer(plane).start()
+            control = server.url
         info = {
             "target": options.target,
             "address": fields.pop("address"),
-            "control": server.url if server is not None else None,
+            "control": control if options.control else None,
             "device_id": fields.pop("device_id", None),
             "firmware": fields.pop("firmware", options.firmware),
             "pid": os.getpid(),
