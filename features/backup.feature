@@ -27,4 +27,4 @@ Feature: Backing up a unit
     Given a blank multispeq unit running 1.17
     When I back up the unit
     Then the backup verifies
-    And the backup is flagged "device ID unset"
+    And the backup is flagged "device ID is unset"

@@ -96,6 +96,8 @@ from simulators.core.runner import Simulator
 from simulators.core.tls import TlsFiles, ensure_self_signed
 
 log = logging.getLogger(__name__)
+# uvicorn's start/stop lines at every reboot are noise in a simulator's log; its warnings still show.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 HOST = "127.0.0.1"
 MIN_DOWN = 0.05  # wall-clock floor of a reboot window: even in fast mode a client must be able to see it
@@ -207,7 +209,7 @@ class HttpServer:
                 self.app, log_config=None, access_log=False, lifespan="off",
                 ssl_certfile=str(self.tls.cert) if self.tls else None,
                 ssl_keyfile=str(self.tls.key) if self.tls else None,
-                timeout_graceful_shutdown=0, timeout_keep_alive=5,
+                timeout_graceful_shutdown=1, timeout_keep_alive=5,
                 # A device API answers small JSON; long downloads stream. Limit concurrent connections
                 # modestly so a runaway client cannot exhaust the shared machine.
                 limit_concurrency=64,
