@@ -108,6 +108,8 @@ class PtyPort:
         self._banner: bytes | None = None  # boot banner waiting for a client
         self._client_since: float | None = None
         self._generation = 0  # ptys opened so far (1 + resets/drops/power cycles)
+        self.bytes_in = 0  # bytes the host sent, and bytes the unit put on the wire (link statistics)
+        self.bytes_out = 0
 
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -218,6 +220,8 @@ class PtyPort:
             "powered": self._powered,
             "client": self._client_since is not None,
             "generation": self._generation,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
         }
 
     # -- pty lifetime (serving thread, or before it starts) ----------------------------------------
@@ -406,6 +410,7 @@ class PtyPort:
         assert self._master is not None
         try:
             data = os.read(self._master, _READ_SIZE)
+            self.bytes_in += len(data)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -503,6 +508,7 @@ class PtyPort:
                 return False  # nobody is listening: the bytes are lost, as on a real unit
             try:
                 n = os.write(self._master, view)
+                self.bytes_out += n
                 view = view[n:]
                 last_progress = self.clock.now()
                 continue
