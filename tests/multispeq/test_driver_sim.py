@@ -174,3 +174,18 @@ def test_round_trip_on_every_command_set(tmp_path, firmware, profile):
         again = save(tmp_path, drv.backup(), "again.json")
         result = diff(TARGET.fields(first), TARGET.fields(again), TARGET.compare_rules)
         assert result.equal, [str(d) for d in result.differences]
+
+
+def test_negative_zero_is_restored_over_positive_zero(driver, tmp_path):
+    """The firmware skips a write whose value compares equal, and -0 == +0: the driver must force it."""
+    driver.apply_settings({"userdef3": "-0.000000", "mag_bias": ["-0.000000", "1.000000", "2.000000"]})
+    first = save(tmp_path, driver.backup(), "first.json")
+    assert TARGET.fields(first)["userdef3"] == "-0.000000"
+    driver.apply_settings({"userdef3": "5.000000", "mag_bias": ["5.000000", "1.000000", "2.000000"]})
+    driver.apply_settings({"userdef3": "0.000000", "mag_bias": ["0.000000", "1.000000", "2.000000"]})
+    held = save(tmp_path, driver.backup(), "held.json")
+    assert TARGET.fields(held)["userdef3"] == "0.000000"  # the unit now holds +0
+    report = driver.restore(driver.check_restore(first))
+    assert report.resent == []
+    again = TARGET.fields(save(tmp_path, driver.backup(), "again.json"))
+    assert again["userdef3"] == "-0.000000" and again["mag_bias"][0] == "-0.000000"

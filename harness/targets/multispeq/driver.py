@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -81,6 +82,10 @@ READ_RETRIES = 3  # after a CRC mismatch or a stalled reply (§7.1 step 5)
 MAX_RECONNECTS = 2  # port losses tolerated within one restore before giving up (§8.4)
 
 _RULES = CompareRules(float_decimals=None, nan_equal=True)
+
+
+# A "-0" argument between two "+" separators (index arguments are never negative zero).
+NEG_ZERO_ARG = re.compile(rb"(?<=\+)-0(?=\+)")
 
 
 class _Timeout(DeviceError):
@@ -502,6 +507,11 @@ class MultispeqDriver(Driver):
 
     def _send_group(self, group: Group) -> None:
         transport = self._link()
+        if NEG_ZERO_ARG.search(group.data) and group.reply is None:
+            # The firmware writes a value only if it compares unequal to the stored one, and -0 == +0:
+            # -0 over +0 would never be written. Send the group with 1 in those places first.
+            transport.write(NEG_ZERO_ARG.sub(b"1", group.data))
+            self._hello(GROUP_SYNC_TIMEOUT_S, after=group.name)
         transport.write(group.data)  # ONE write: never half a group (§8.4)
         if group.reply == "device_info":
             try:

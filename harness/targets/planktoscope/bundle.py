@@ -199,11 +199,13 @@ def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> A
     return value
 
 
-def _hash_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, int, bytes | None]:
-    """sha256 and size of an entry, streamed; the bytes too when small (integrity files, settings)."""
+def _hash_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, *, keep: bool
+                ) -> tuple[str, int, str, bytes | None]:
+    """sha256, size and the integrity.check hash of an entry, streamed; the bytes too if ``keep``."""
     digest = hashlib.sha256()
+    project = integrity.StreamHash(info.filename.rsplit("/", 1)[-1])
     size = 0
-    keep = bytearray() if info.file_size <= 16 * 1024 * 1024 else None
+    kept = bytearray() if keep else None
     try:
         with zf.open(info) as f:
             while chunk := f.read(CHUNK):
@@ -211,11 +213,12 @@ def _hash_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, int, b
                 if size > info.file_size:
                     raise BadInput(f"bundle entry {info.filename} is larger than its header says")
                 digest.update(chunk)
-                if keep is not None:
-                    keep += chunk
+                project.update(chunk)
+                if kept is not None:
+                    kept += chunk
     except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as exc:
         raise BadInput(f"bundle entry {info.filename} is corrupted ({exc})") from exc
-    return digest.hexdigest(), size, bytes(keep) if keep is not None else None
+    return digest.hexdigest(), size, project.hexdigest(), bytes(kept) if kept is not None else None
 
 
 def zlib_error() -> type[Exception]:
@@ -328,14 +331,17 @@ def _verify_entries(name: str, zf: zipfile.ZipFile, infos: dict[str, zipfile.Zip
     if extra:
         raise BadInput(f"{name}: entry {extra[0]} is not listed in the manifest")
     small: dict[str, bytes] = {}
+    project_hashes: dict[str, tuple[int, str]] = {}
     for entry_name, (size, sha) in expected.items():
         info = infos.get(entry_name)
         if info is None:
             raise BadInput(f"{name}: {entry_name} is listed in the manifest but missing (truncated bundle?)")
-        got_sha, got_size, data = _hash_entry(zf, info)
+        keep = entry_name.endswith("/" + integrity.NAME) and info.file_size <= MAX_MANIFEST
+        got_sha, got_size, project, data = _hash_entry(zf, info, keep=keep)
         if got_size != size or got_sha != sha:
             raise BadInput(f"{name}: {entry_name} does not match its manifest sha256 (changed or corrupted)")
-        if data is not None and (entry_name.endswith(integrity.NAME) or entry_name.startswith("files/")):
+        project_hashes[entry_name] = (got_size, project)
+        if data is not None:
             small[entry_name] = data
     for d in bundle.datasets:
         check = dataset_entry(f"{d.rel_path}/{integrity.NAME}")
@@ -343,13 +349,12 @@ def _verify_entries(name: str, zf: zipfile.ZipFile, infos: dict[str, zipfile.Zip
             continue
         if check not in small:
             raise BadInput(f"{name}: dataset {d.rel_path} has integrity {d.integrity!r} but no integrity.check")
-        files = {e["path"].rsplit("/", 1)[-1]: e for e in d.entries}
-        contents = {}
-        for base, entry in files.items():
-            if base == integrity.NAME:
-                continue
-            contents[base] = zf.read(dataset_entry(entry["path"]))
-        problems = integrity.verify(small[check], contents)
+        hashes = {e["path"].rsplit("/", 1)[-1]: project_hashes[dataset_entry(e["path"])] for e in d.entries
+                  if e["path"].rsplit("/", 1)[-1] != integrity.NAME and "/" not in e["path"][len(d.rel_path) + 1:]}
+        try:
+            problems = integrity.verify_hashes(small[check], hashes)
+        except BadInput as exc:
+            problems = [str(exc)]
         if d.integrity == "ok" and problems:
             raise BadInput(f"{name}: dataset {d.rel_path} fails its integrity.check ({problems[0]})")
         if d.integrity == "mismatch" and not problems:

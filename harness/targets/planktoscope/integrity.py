@@ -79,13 +79,35 @@ def verify(data: bytes, files: Mapping[str, bytes]) -> list[str]:
     Files in the folder that the integrity file does not list (``done.txt``, ``integrity.check`` itself)
     are not mismatches: the project's checker only walks the listed rows.
     """
+    return verify_hashes(data, {name: (len(c), file_hash(name, c)) for name, c in files.items()})
+
+
+def verify_hashes(data: bytes, files: Mapping[str, tuple[int, str]]) -> list[str]:
+    """``verify`` for files already hashed while streaming: ``{basename: (size, file_hash)}``."""
     problems: list[str] = []
     for row in parse(data):
-        content = files.get(row.name)
-        if content is None:
+        found = files.get(row.name)
+        if found is None:
             problems.append(f"{row.name}: listed but missing")
-        elif len(content) != row.size:
-            problems.append(f"{row.name}: {len(content)} bytes, integrity.check says {row.size}")
-        elif file_hash(row.name, content) != row.sha1:
+        elif found[0] != row.size:
+            problems.append(f"{row.name}: {found[0]} bytes, integrity.check says {row.size}")
+        elif found[1] != row.sha1:
             problems.append(f"{row.name}: sha1 does not match integrity.check")
     return problems
+
+
+class StreamHash:
+    """The project's per-file hash computed chunk by chunk (for multi-MB images)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.size = 0
+        self._digest = hashlib.sha1(usedforsecurity=False)
+        self._digest.update(name.encode("utf-8") + b"\0")
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._digest.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
