@@ -49,8 +49,6 @@ import json
 import logging
 import os
 import re
-import signal
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +58,7 @@ import yaml
 
 from harness.errors import BadInput, DeviceError, Refused
 from harness.targets import available_targets
+from simulators.core.process import stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -399,19 +398,7 @@ def _stop(record: dict[str, Any], timeout: float = _STOP_TIMEOUT) -> bool:
     """SIGTERM, wait, SIGKILL. Only the recorded process, and only if it is still that process."""
     if not _alive(record):
         return False
-    pid = int(record["pid"])
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _alive(record):
-                return True
-            time.sleep(0.05)
-        if sig == signal.SIGTERM:
-            log.warning("simulator pid %s ignored SIGTERM for %g s; killing it", pid, timeout)
+    stop_pid(int(record["pid"]), timeout, alive=lambda: _alive(record))
     return not _alive(record)
 
 

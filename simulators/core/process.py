@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -238,24 +239,28 @@ def _tail(path: Path, start: int, limit: int = 600) -> str:
     return tail[-limit:]
 
 
-def stop_pid(pid: int, timeout: float = 10.0) -> bool:
-    """Stop a simulator this process did not start (``harness sim down``): SIGTERM, wait, SIGKILL.
+def stop_pid(pid: int, timeout: float = 10.0, *, alive: Callable[[], bool] | None = None) -> bool:
+    """Stop a simulator this process did not start (``harness sim down``): SIGTERM, wait, then SIGKILL.
 
-    Return True if a process was signalled. Use only with a pid from the simulator's own JSON line.
+    Return True if a running process was signalled. ``alive`` says whether it still runs (default: the
+    pid exists and is not a zombie); the bench passes one that also checks the process start time, so a
+    reused pid is never signalled. Use only with a pid from the simulator's own JSON line.
     """
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    alive = alive or (lambda: _running(pid))
+    if not alive():
         return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _running(pid):
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
             return True
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive():
+                return True
+            time.sleep(0.05)
+        if sig == signal.SIGTERM:
+            log.warning("simulator pid %s ignored SIGTERM for %g s; killing it", pid, timeout)
     return True
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import serial
+from serialtools import open_port
 
 from harness.errors import DeviceError
 from harness.simctl import SimControl
@@ -21,15 +21,6 @@ from simulators.core.process import SimProcess, sim_command, start_simulator, st
 DEVICE_ID = "52:00:13:1f"
 
 
-def open_port(path: str, timeout: float = 5.0) -> serial.Serial:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            return serial.serial_for_url(path, baudrate=115200, timeout=0.2)
-        except (serial.SerialException, OSError):
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.02)
 
 
 def ask(path: str, command: bytes, end: bytes = b"\n", timeout: float = 3.0) -> bytes:

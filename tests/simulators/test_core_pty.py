@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import serial
+from serialtools import open_port, wait_gone
 
 from simulators.core.clock import Clock
 from simulators.core.faults import Drop, FaultError, Faults, Hold, Pause, Send
@@ -69,16 +70,6 @@ class LineConsole:
         return self._last + self.GAP if self._buf else None
 
 
-def open_port(path: Path | str, timeout: float = 5.0, read_timeout: float = 0.2) -> serial.Serial:
-    """Open the symlink like a host opens /dev/ttyUSB0, retrying while the port is away."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            return serial.serial_for_url(str(path), baudrate=115200, timeout=read_timeout)
-        except (serial.SerialException, OSError):
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.02)
 
 
 def read_until(port: serial.Serial, end: bytes, timeout: float = 3.0) -> bytes:
@@ -89,15 +80,6 @@ def read_until(port: serial.Serial, end: bytes, timeout: float = 3.0) -> bytes:
     return buf
 
 
-def wait_gone(port: serial.Serial, timeout: float = 3.0) -> None:
-    """The open handle breaks, as when USB disappears."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            port.read(1)
-        except (serial.SerialException, OSError):
-            return
-    raise AssertionError("the port did not go away")
 
 
 @pytest.fixture

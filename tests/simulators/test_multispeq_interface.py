@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import serial
+from serialtools import open_port, read_until, wait_gone
 
 from harness.errors import LinkError
 from harness.simctl import SimControl
@@ -78,23 +79,8 @@ def unit(tmp_path: Path) -> Iterator[Running]:
                                         device_id="52:00:13:1f"))
 
 
-def open_port(path: str, timeout: float = 5.0) -> serial.Serial:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            return serial.serial_for_url(path, baudrate=115200, timeout=0.2)
-        except (serial.SerialException, OSError):
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.02)
 
 
-def read_until(port: serial.Serial, done, timeout: float = 3.0) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not done(buf) and time.monotonic() < deadline:
-        buf += port.read(max(1, port.in_waiting))
-    return buf
 
 
 def line(buf: bytes) -> bool:
@@ -112,14 +98,6 @@ def session(address: str) -> serial.Serial:
     return port
 
 
-def wait_gone(port: serial.Serial, timeout: float = 3.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            port.read(1)
-        except (serial.SerialException, OSError):
-            return
-    raise AssertionError("the port did not go away")
 
 
 def test_json_line_and_console_through_the_pty(unit: Running) -> None:
