@@ -36,8 +36,8 @@ test: setup lint
 # The main job on simulators: every feature, the report, a pass/fail summary. The report is written even
 # when a scenario fails; the exit code still says so.
 demo: setup
-	rm -rf reports/allure-results reports/html
-	status=0; $(BIN)/harness run -- -n $(JOBS) -q || status=$$?; \
+	@rm -rf reports/allure-results reports/html
+	@status=0; $(BIN)/harness run -- -n $(JOBS) -q || status=$$?; \
 	$(BIN)/harness report; \
 	if [ $$status -eq 0 ]; then echo "demo: PASS"; else echo "demo: FAIL (see reports/html/index.html)"; fi; \
 	exit $$status

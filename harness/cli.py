@@ -224,6 +224,47 @@ def cmd_firmware_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_device_id(target: str) -> str | None:
+    """The simulated unit's ID from the default bench, so matrix units look like the bench's."""
+    try:
+        from harness.bench import load_bench
+
+        spec = next((d for d in load_bench(DEFAULT_BENCH).devices.values() if d.target == target and d.is_sim),
+                    None)
+        return spec.sim.device_id if spec else None
+    except HarnessError:
+        return None
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    from harness.compat import FAIL, run_matrix, write_reports
+
+    names = [args.target] if args.target else list(available_targets())
+    failed = 0
+    for name in names:
+        target = get_target(name)
+        try:
+            target.compat_versions()
+        except NotImplementedError:
+            print(f"{name}: no versions declared, skipped")
+            continue
+
+        def show(cell, name=name) -> None:
+            log.info("%s %s -> %s (%s): %s %s", name, cell.source, cell.destination, cell.path,
+                     cell.outcome, cell.detail)
+
+        matrix = run_matrix(target, jobs=args.jobs, device_id=_bench_device_id(name), progress=show)
+        paths = write_reports(matrix, Path(args.output))
+        counts = {k: sum(1 for c in matrix.cells if c.outcome == k)
+                  for k in ("restored", "migrated", "refused", FAIL)}
+        print(f"{name}: {len(matrix.cells)} cells, " + ", ".join(f"{n} {k}" for k, n in counts.items())
+              + f" -> {paths['html']}")
+        for cell in matrix.failed:
+            print(f"  FAIL {cell.source} -> {cell.destination} ({cell.path}): {cell.detail}")
+        failed += len(matrix.failed)
+    return 1 if failed else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
@@ -343,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH)
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compat", help="version compatibility matrix -> reports/compat/; exit 1 on a FAIL")
+    p.add_argument("--target", choices=available_targets())
+    p.add_argument("--jobs", type=int, default=max(2, (os.cpu_count() or 2)), help="pairs run in parallel")
+    p.add_argument("--output", default="reports/compat")
+    p.set_defaults(func=cmd_compat)
 
     p = sub.add_parser("report", help="single-file HTML report from reports/allure-results")
     p.add_argument("--results", default=str(RESULTS_DIR))

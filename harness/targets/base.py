@@ -70,6 +70,29 @@ class RestoreReport:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CompatVersion:
+    """A version a target declares for the compatibility matrix (``sim run --firmware V --profile P``)."""
+
+    version: str
+    profile: str | None = None
+    label: str = ""  # what the matrix shows; defaults to the version
+
+    @property
+    def name(self) -> str:
+        return self.label or (f"{self.version} ({self.profile})" if self.profile else self.version)
+
+
+@dataclass(frozen=True)
+class CompatRule:
+    """What a target declares for a (source, destination) pair: DESIGN rule 7."""
+
+    kind: str  # "restore" | "migrate" | "refuse"
+    reason: str = ""
+    dropped: tuple[str, ...] = ()  # fields of the backup the destination lacks
+    added: tuple[str, ...] = ()  # fields of the destination the backup lacks
+
+
 class Driver(ABC):
     """Protocol driver for one unit. The same code talks to a simulator and to a real unit."""
 
@@ -136,6 +159,18 @@ class Target(ABC):
     @abstractmethod
     def fields(self, artifact: Artifact) -> dict[str, Any]:
         """A flat field-name -> value view for compare.diff."""
+
+    # Whether a unit can be updated in place (firmware/software update), so the compatibility matrix also
+    # runs "the same unit after an update" besides "a fresh unit at the destination version".
+    updatable: ClassVar[bool] = False
+
+    def compat_versions(self) -> list[CompatVersion]:
+        """The versions this target declares and the matrix runs."""
+        raise NotImplementedError(f"{self.name}: no versions declared")
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        """The declared rule for restoring a backup made at ``source`` onto ``destination``."""
+        raise NotImplementedError(f"{self.name}: no compatibility rules declared")
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         """Non-default settings, different for every seed, in the field view of ``fields``."""

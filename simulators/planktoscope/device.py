@@ -23,6 +23,7 @@ import secrets
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ DEFAULT_DEVICE_ID = "pkscope-sponge-bob-1234"
 # v2.3 W1: hardware version -> (stepper_type, pump_steps_per_ml) (§7.1)
 _V23_HARDWARE = {"2.1": ("adafruit", 1600), "2.2": ("waveshare", 2000), "2.3": ("pscope_hat", 3200)}
 HAT_FOR = {"v2.6": 1.2, "v3.0": 3.3}
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
 class DeviceFault(Exception):
@@ -275,6 +277,8 @@ class PlanktoscopeDevice:
         with self.lock:
             self.meta["boots"] = self.boots + 1
             self._save_meta()
+            # Linux makes a new boot_id every boot; the driver reads it to tell a new boot from the old one.
+            self._seed_write(BOOT_ID_PATH, (str(uuid.uuid4()) + "\n").encode())
             self.boot_warnings = []
             hardware = self._load(HARDWARE_PATH)
             if self.release != V2026:
@@ -412,6 +416,8 @@ class PlanktoscopeDevice:
         digest = hashlib.sha256()
         with self.lock:
             for host in sorted(p for p in self.root.rglob("*") if p.is_file()):
+                if self.device_path(host).startswith("/proc/"):
+                    continue  # not storage: the kernel makes it at every boot
                 digest.update(self.device_path(host).encode() + b"\0")
                 digest.update(host.read_bytes())
         return digest.hexdigest()

@@ -253,7 +253,7 @@ def read_backup(source: Path | bytes | IO[bytes], limits: Limits = Limits()) -> 
     for path in others:
         if not _KNOWN.match(path):
             raise ArchiveError(f"backup.json is invalid: unexpected entry {path}.", "manifest_invalid")
-    content = _content(manifest, others)
+    content = content_from_files(manifest.format, others)
     try:
         check_content(content, manifest.format)
     except SchemaError as exc:
@@ -261,8 +261,8 @@ def read_backup(source: Path | bytes | IO[bytes], limits: Limits = Limits()) -> 
     return BackupArchive(manifest, content, warnings, list(data))
 
 
-def _content(manifest: Manifest, files: dict[str, bytes]) -> Content:
-    fmt = manifest.format
+def content_from_files(fmt: str, files: dict[str, bytes]) -> Content:
+    """Decode the documents of a backup (or of a node's data folder) in format ``fmt``."""
     for required in ("node/node.json", "node/services.json"):
         if required not in files:
             raise ArchiveError(f"backup.json is invalid: {required} is missing.", "manifest_invalid")

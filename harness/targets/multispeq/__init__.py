@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from harness.compare import CompareRules
-from harness.targets.base import Artifact, DeviceInfo, Target
+from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
 from harness.targets.multispeq.artifact import BackupDocument, load_document
 from harness.targets.multispeq.driver import MultispeqDriver, distinctive_settings
 from harness.targets.multispeq.schema import canonical_device_id
+from harness.targets.multispeq.versions import DECLARED_VERSIONS, REFUSED_VERSIONS, rule
+
+# The compatibility matrix covers every layout family: the declared versions, layout B (1.05 dev builds,
+# only reachable by profile), and F, declared so the matrix shows its refusal.
+COMPAT_VERSIONS = tuple(sorted(
+    (*(CompatVersion(v.firmware, None, f"{v.firmware} ({v.family})") for v in DECLARED_VERSIONS),
+     CompatVersion("1.05", "B", "1.05 (B)"),
+     *(CompatVersion(v.firmware, None, f"{v.firmware} ({v.family})") for v in REFUSED_VERSIONS)),
+    key=lambda v: (float(v.version), v.profile or "")))
 
 
 class MultispeqTarget(Target):
@@ -24,6 +33,15 @@ class MultispeqTarget(Target):
     # Exact printed strings: print -> parse -> float32 -> print is idempotent (§8.3); NaN spellings equal.
     compare_rules = CompareRules(float_decimals=None, nan_equal=True)
     driver = MultispeqDriver
+    updatable = True  # firmware is flashed in place (simulators: through the control plane)
+
+    def compat_versions(self) -> list[CompatVersion]:
+        return list(COMPAT_VERSIONS)
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        r = rule(source.version, destination.version, src_profile=source.profile,
+                 dst_profile=destination.profile)
+        return CompatRule(r.kind, r.reason, r.dropped, r.added)
 
     def artifact_name(self, device_id: str, created: dt.datetime) -> str:
         """``YYYY-MM-DDTHH.MM.SS.json`` in UTC, dots for colons, as the desktop app names them (§7.2)."""

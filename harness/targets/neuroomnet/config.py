@@ -122,15 +122,20 @@ def _cue_count(cues_text: str) -> int:
 def summary(conn: sqlite3.Connection) -> dict[str, Any]:
     """The schema-independent summary of §3.5 (every modelled migration preserves it)."""
     tables = set(present_tables(conn))
-    modules = [{"name": n, "enabled": e} for n, e in conn.execute("SELECT name, enabled FROM module")]
+
+    def select(table: str, columns: str) -> list[tuple[Any, ...]]:
+        # A server in maintenance has no configuration tables at all: an empty summary, not an error.
+        return conn.execute(f'SELECT {columns} FROM "{table}"').fetchall() if table in tables else []
+
+    modules = [{"name": n, "enabled": e} for n, e in select("module", "name, enabled")]
     props: dict[int, dict[str, str]] = {}
     if "component_property" in tables:
-        for cid, key, value in conn.execute("SELECT component_id, key, value FROM component_property"):
+        for cid, key, value in select("component_property", "component_id, key, value"):
             props.setdefault(cid, {})[key] = value
     components = []
-    has_json_props = "properties" in _columns(conn, "component")
+    has_json_props = "component" in tables and "properties" in _columns(conn, "component")
     extra = ", properties" if has_json_props else ""
-    for row in conn.execute(f"SELECT id, module, name, kind, address, protocol, enabled{extra} FROM component"):
+    for row in select("component", f"id, module, name, kind, address, protocol, enabled{extra}"):
         cid = row[0]
         properties = props.get(cid, {})
         if has_json_props:
@@ -142,11 +147,10 @@ def summary(conn: sqlite3.Connection) -> dict[str, Any]:
         components.append({"module": row[1], "name": row[2], "kind": row[3], "address": row[4],
                            "protocol": row[5], "enabled": row[6], "properties": properties})
     schedules = [{"name": n, "cron": c, "enabled": e}
-                 for n, c, e in conn.execute("SELECT name, cron, enabled FROM schedule")]
-    shows = [{"name": n, "cue_count": _cue_count(c)} for n, c in conn.execute("SELECT name, cues FROM show")]
-    users = [{"name": n, "role": r, "disabled": d} for n, r, d in
-             conn.execute("SELECT name, role, disabled FROM app_user")]
-    settings = dict(conn.execute("SELECT key, value FROM system_setting").fetchall())
+                 for n, c, e in select("schedule", "name, cron, enabled")]
+    shows = [{"name": n, "cue_count": _cue_count(c)} for n, c in select("show", "name, cues")]
+    users = [{"name": n, "role": r, "disabled": d} for n, r, d in select("app_user", "name, role, disabled")]
+    settings = dict(select("system_setting", "key, value"))
 
     def ordered(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(items, key=_canonical)

@@ -1,0 +1,785 @@
+"""GMI files (targets/bactobox.md §3): a ZIP container written and read in constant memory.
+
+Writing (the simulator's backup, tests): ``ZipPlan`` lays out a *stored* ZIP whose entry sizes and CRC-32s
+are known before the first byte (the device's preparing pass computes them), so every header is computed
+up front, the total size is exact (``Content-Length``), and the image bytes are streamed straight from the
+disk between the headers. ZIP64 records appear when a size, an offset or the entry count overflows its
+field, or always with ``force_zip64`` (fault BB-F19). The ``mimetype`` entry never carries an extra field,
+so bytes 30-64 of every GMI are ``mimetype`` + the media type (a magic-number sniff).
+
+Reading, whole file (the harness, before anything destructive): ``inspect_gmi`` checks the structure from
+the end (EOCD, ZIP64 locator and record, central directory) and the local headers, bounds everything a
+hostile file could inflate (entry count, central directory size, manifest size, names escaping the archive,
+decompressed sizes), and reads the manifest; ``verify_gmi`` also hashes every part and compares it with the
+manifest. Reading, as a stream (the simulator's restore upload): ``GmiStreamReader`` consumes the bytes in
+order and hands each part's data to a sink as it arrives, never buffering more than one chunk.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import hashlib
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from construct import ConstructError
+
+from harness.errors import BadInput
+from harness.targets.bactobox.schema import (
+    MEDIA_TYPE,
+    SPARSE_CHUNK,
+    SPARSE_FILL,
+    SPARSE_HEADER,
+    SPARSE_RAW,
+    SPARSE_ZERO,
+    ZIP64_EOCD,
+    ZIP64_EOCD_SIZE,
+    ZIP64_EXTRA_ID,
+    ZIP64_LOCATOR,
+    ZIP64_LOCATOR_SIZE,
+    ZIP_CENTRAL_HEADER,
+    ZIP_CENTRAL_HEADER_SIZE,
+    ZIP_EOCD,
+    ZIP_EOCD_SIG,
+    ZIP_EOCD_SIZE,
+    ZIP_LOCAL_HEADER,
+    ZIP_LOCAL_HEADER_SIZE,
+    Manifest,
+    ManifestPart,
+)
+
+log = logging.getLogger(__name__)
+
+MIMETYPE = "mimetype"
+MANIFEST = "manifest.json"
+MEDIA_BYTES = MEDIA_TYPE.encode("ascii")
+STORED, DEFLATED = 0, 8
+FLAG_DESCRIPTOR = 0x8
+FLAG_UTF8 = 0x800
+FLAG_ENCRYPTED = 0x1
+U32_MAX = 0xFFFFFFFF
+U16_MAX = 0xFFFF
+
+MAX_ENTRIES = 16  # a GMI has at most 7; more is not a GMI (and bounds the central directory parse)
+MAX_CENTRAL_DIRECTORY = 64 * 1024
+MAX_MANIFEST = 1 << 20
+MAX_DISK = 64 << 30  # no BactoBox has more; a manifest claiming more is hostile (a decompression bomb)
+READ_CHUNK = 8 << 20  # hashing reads: large reads keep Python's per-call cost out of the way
+
+
+def dos_datetime(created: dt.datetime) -> tuple[int, int]:
+    """(time, date) in MS-DOS format, as ZIP stores them (2-second resolution, 1980 at the earliest)."""
+    c = max(created, dt.datetime(1980, 1, 1, tzinfo=created.tzinfo))
+    return (c.hour << 11) | (c.minute << 5) | (c.second // 2), ((c.year - 1980) << 9) | (c.month << 5) | c.day
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One stored entry: its name, size and CRC-32, all known before the data is sent."""
+
+    name: str
+    size: int
+    crc32: int
+
+
+class ZipPlan:
+    """The byte layout of a stored ZIP (see the module docstring). Pure: no I/O."""
+
+    def __init__(self, entries: list[EntrySpec], *, modified: dt.datetime, force_zip64: bool = False) -> None:
+        if not entries or entries[0].name != MIMETYPE:
+            raise ValueError("the first entry of a GMI is 'mimetype'")
+        self.entries = entries
+        self.force_zip64 = force_zip64
+        self.mod_time, self.mod_date = dos_datetime(modified)
+        self.local_headers: list[bytes] = []
+        self.offsets: list[int] = []
+        pos = 0
+        for i, entry in enumerate(entries):
+            header = self._local_header(entry, zip64=self._entry_zip64(i, entry))
+            self.offsets.append(pos)
+            self.local_headers.append(header)
+            pos += len(header) + entry.size
+        self.cd_offset = pos
+        self.tail = self._central_directory()
+        self.total_size = pos + len(self.tail)
+
+    def _entry_zip64(self, index: int, entry: EntrySpec) -> bool:
+        if index == 0:
+            return False  # the mimetype entry never carries an extra field (§3.2)
+        return self.force_zip64 or entry.size >= U32_MAX
+
+    def data_offset(self, index: int) -> int:
+        return self.offsets[index] + len(self.local_headers[index])
+
+    def _local_header(self, entry: EntrySpec, *, zip64: bool) -> bytes:
+        name = entry.name.encode("ascii")
+        extra = struct.pack("<HHQQ", ZIP64_EXTRA_ID, 16, entry.size, entry.size) if zip64 else b""
+        size32 = U32_MAX if zip64 else entry.size
+        header = ZIP_LOCAL_HEADER.build({
+            "version_needed": 45 if zip64 else 20, "flags": 0, "method": STORED, "mod_time": self.mod_time,
+            "mod_date": self.mod_date, "crc32": entry.crc32, "compressed_size": size32,
+            "uncompressed_size": size32, "name_length": len(name), "extra_length": len(extra)})
+        return header + name + extra
+
+    def _central_directory(self) -> bytes:
+        out = bytearray()
+        for i, entry in enumerate(self.entries):
+            name = entry.name.encode("ascii")
+            offset = self.offsets[i]
+            big_size = i > 0 and (self.force_zip64 or entry.size >= U32_MAX)
+            big_offset = i > 0 and (self.force_zip64 or offset >= U32_MAX)
+            values = b""
+            if big_size:
+                values += struct.pack("<QQ", entry.size, entry.size)
+            if big_offset:
+                values += struct.pack("<Q", offset)
+            extra = struct.pack("<HH", ZIP64_EXTRA_ID, len(values)) + values if values else b""
+            out += ZIP_CENTRAL_HEADER.build({
+                "version_made_by": 45 if extra else 20, "version_needed": 45 if extra else 20, "flags": 0,
+                "method": STORED, "mod_time": self.mod_time, "mod_date": self.mod_date, "crc32": entry.crc32,
+                "compressed_size": U32_MAX if big_size else entry.size,
+                "uncompressed_size": U32_MAX if big_size else entry.size,
+                "name_length": len(name), "extra_length": len(extra), "comment_length": 0, "disk_start": 0,
+                "internal_attributes": 0, "external_attributes": 0o100444 << 16,
+                "local_header_offset": U32_MAX if big_offset else offset})
+            out += name + extra
+        cd_size = len(out)
+        count = len(self.entries)
+        zip64 = self.force_zip64 or count >= U16_MAX or cd_size >= U32_MAX or self.cd_offset >= U32_MAX
+        if zip64:
+            eocd64_offset = self.cd_offset + cd_size
+            out += ZIP64_EOCD.build({
+                "record_size": ZIP64_EOCD_SIZE - 12, "version_made_by": 45, "version_needed": 45,
+                "disk_number": 0, "cd_disk": 0, "entries_on_disk": count, "entries_total": count,
+                "cd_size": cd_size, "cd_offset": self.cd_offset})
+            out += ZIP64_LOCATOR.build({"eocd64_disk": 0, "eocd64_offset": eocd64_offset, "total_disks": 1})
+        out += ZIP_EOCD.build({
+            "disk_number": 0, "cd_disk": 0, "entries_on_disk": min(count, U16_MAX),
+            "entries_total": min(count, U16_MAX), "cd_size": min(cd_size, U32_MAX),
+            "cd_offset": min(self.cd_offset, U32_MAX), "comment_length": 0})
+        return bytes(out)
+
+
+def gmi_entries(manifest_bytes: bytes, parts: list[tuple[ManifestPart, int]]) -> list[EntrySpec]:
+    """The entries of a format-2/3 GMI: mimetype, manifest, then each part with its CRC-32."""
+    return [EntrySpec(MIMETYPE, len(MEDIA_BYTES), zlib.crc32(MEDIA_BYTES)),
+            EntrySpec(MANIFEST, len(manifest_bytes), zlib.crc32(manifest_bytes)),
+            *(EntrySpec(part.file, part.entry_size, crc) for part, crc in parts)]
+
+
+def stream_gmi(plan: ZipPlan, manifest_bytes: bytes,
+               part_chunks: Callable[[int], Iterable[bytes]]) -> Iterator[bytes]:
+    """The GMI bytes in order: headers from the plan, part data from ``part_chunks(index)``.
+
+    ``part_chunks(i)`` yields the data of entry ``i`` (2 and up); the writer checks that it yields exactly
+    the planned size, so a short source can never produce a ZIP whose headers lie.
+    """
+    yield plan.local_headers[0] + MEDIA_BYTES + plan.local_headers[1] + manifest_bytes
+    for i in range(2, len(plan.entries)):
+        yield plan.local_headers[i]
+        sent = 0
+        for chunk in part_chunks(i):
+            sent += len(chunk)
+            yield chunk
+        if sent != plan.entries[i].size:
+            raise ValueError(f"entry {plan.entries[i].name}: source gave {sent} bytes, planned "
+                             f"{plan.entries[i].size}")
+    yield plan.tail
+
+
+def write_gmi(path: Path, manifest: Manifest, part_sources: list[BinaryIO | bytes], *,
+              force_zip64: bool = False, modified: dt.datetime | None = None) -> Path:
+    """Write a format-2/3 GMI from in-order part sources (files at position 0, or bytes). For tests and tools.
+
+    CRC-32s are computed in a first pass over each source, as the device's preparing pass does.
+    """
+    def chunks(src: BinaryIO | bytes) -> Iterator[bytes]:
+        if isinstance(src, bytes | bytearray | memoryview):
+            yield bytes(src)
+            return
+        src.seek(0)
+        while block := src.read(READ_CHUNK):
+            yield block
+
+    crcs = []
+    for src in part_sources:
+        crc = 0
+        for block in chunks(src):
+            crc = zlib.crc32(block, crc)
+        crcs.append(crc)
+    manifest_bytes = manifest.to_json()
+    plan = ZipPlan(gmi_entries(manifest_bytes, list(zip(manifest.parts, crcs, strict=True))),
+                   modified=modified or dt.datetime.now(dt.UTC), force_zip64=force_zip64)
+    with open(path, "xb") as f:
+        for block in stream_gmi(plan, manifest_bytes, lambda i: chunks(part_sources[i - 2])):
+            f.write(block)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class ZipEntry:
+    name: str
+    method: int
+    flags: int
+    crc32: int
+    compressed_size: int
+    uncompressed_size: int
+    header_offset: int
+    data_offset: int = 0  # filled from the local header
+
+
+@dataclass
+class GmiInfo:
+    """A GMI's structure and manifest, checked; ``parts`` maps each manifest part to its ZIP entry."""
+
+    path: Path
+    size: int
+    manifest: Manifest
+    manifest_bytes: bytes
+    manifest_sha256: str
+    entries: list[ZipEntry]
+    zip64: bool
+    parts: list[tuple[ManifestPart, ZipEntry]] = field(default_factory=list)
+
+    @property
+    def format(self) -> int:
+        return self.manifest.format
+
+
+def _bad(path: Path, problem: str) -> BadInput:
+    return BadInput(f"{path.name}: not a valid GMI file ({problem})")
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and not name.startswith(("/", "\\")) and "\\" not in name and ":" not in name \
+        and all(p not in ("", ".", "..") for p in name.split("/"))
+
+
+def inspect_gmi(path: Path) -> GmiInfo:
+    """Check the ZIP structure and read the manifest (no hashing of the parts). BadInput on any problem."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; a context manager would hide the OSError text
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = _pread(f, 0, ZIP_LOCAL_HEADER_SIZE + len(MIMETYPE) + len(MEDIA_BYTES))
+        if head[30:38] != MIMETYPE.encode() or head[38:65] != MEDIA_BYTES or head[:4] != b"PK\x03\x04":
+            raise BadInput(f"{path.name}: this file is not a GMI file (no GMI mimetype entry at its start)")
+        entries, cd_offset, zip64 = _central_directory(f, path, size)
+        for entry in entries:
+            _read_local_header(f, path, entry, cd_offset)
+        _check_order(path, entries, cd_offset)
+        first, second = entries[0], entries[1] if len(entries) > 1 else None
+        if first.name != MIMETYPE or first.method != STORED or first.compressed_size != len(MEDIA_BYTES):
+            raise _bad(path, "the first entry is not a stored 'mimetype'")
+        if second is None or second.name != MANIFEST:
+            raise _bad(path, "the second entry is not 'manifest.json'")
+        if second.method != STORED or second.compressed_size > MAX_MANIFEST:
+            raise _bad(path, f"manifest.json is not stored or larger than {MAX_MANIFEST} bytes")
+        manifest_bytes = _pread(f, second.data_offset, second.compressed_size)
+        if zlib.crc32(manifest_bytes) != second.crc32:
+            raise _bad(path, "manifest.json fails its CRC-32")
+        manifest = Manifest.from_json(manifest_bytes)
+    by_name = {e.name: e for e in entries[2:]}
+    expected = [p.file for p in manifest.parts]
+    if [e.name for e in entries[2:]] != expected:
+        raise _bad(path, f"entries {[e.name for e in entries[2:]]} do not match the manifest's {expected}")
+    info = GmiInfo(path=path, size=size, manifest=manifest, manifest_bytes=manifest_bytes,
+                   manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), entries=entries, zip64=zip64)
+    for part in manifest.parts:
+        entry = by_name[part.file]
+        if manifest.format == 1:
+            if entry.method not in (STORED, DEFLATED) or entry.uncompressed_size != part.size_bytes:
+                raise _bad(path, f"{part.file}: {entry.uncompressed_size} bytes, the manifest says "
+                                 f"{part.size_bytes}")
+        elif entry.method != STORED or entry.compressed_size != part.entry_size \
+                or entry.uncompressed_size != part.entry_size:
+            raise _bad(path, f"{part.file}: entry holds {entry.compressed_size} bytes, the manifest says "
+                             f"{part.entry_size}")
+        info.parts.append((part, entry))
+    return info
+
+
+def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
+    return os.pread(f.fileno(), size, offset)
+
+
+def _central_directory(f: BinaryIO, path: Path, size: int) -> tuple[list[ZipEntry], int, bool]:
+    if size < ZIP_EOCD_SIZE + 30:
+        raise _bad(path, f"only {size} bytes: truncated")
+    tail_len = min(size, 65535 + ZIP_EOCD_SIZE)
+    tail = _pread(f, size - tail_len, tail_len)
+    pos = tail.rfind(ZIP_EOCD_SIG)
+    while pos >= 0:
+        comment_len = int.from_bytes(tail[pos + 20:pos + 22], "little")
+        if pos + ZIP_EOCD_SIZE + comment_len == len(tail):
+            break
+        pos = tail.rfind(ZIP_EOCD_SIG, 0, pos)
+    if pos < 0:
+        raise _bad(path, "no end-of-central-directory record: the file is truncated or not a ZIP")
+    eocd_offset = size - tail_len + pos
+    eocd = ZIP_EOCD.parse(tail[pos:pos + ZIP_EOCD_SIZE])
+    count, cd_size, cd_offset = eocd.entries_total, eocd.cd_size, eocd.cd_offset
+    zip64 = False
+    locator_at = eocd_offset - ZIP64_LOCATOR_SIZE
+    if locator_at >= 0 and _pread(f, locator_at, 4) == b"PK\x06\x07":
+        zip64 = True
+        try:
+            locator = ZIP64_LOCATOR.parse(_pread(f, locator_at, ZIP64_LOCATOR_SIZE))
+            if locator.eocd64_offset + ZIP64_EOCD_SIZE > locator_at:
+                raise _bad(path, "the ZIP64 locator points past itself")
+            record = ZIP64_EOCD.parse(_pread(f, locator.eocd64_offset, ZIP64_EOCD_SIZE))
+        except ConstructError as exc:
+            raise _bad(path, f"broken ZIP64 end record ({_why(exc)})") from None
+        count, cd_size, cd_offset = record.entries_total, record.cd_size, record.cd_offset
+        end_of_cd = locator.eocd64_offset
+    elif U32_MAX in (cd_size, cd_offset) or count == U16_MAX:
+        raise _bad(path, "ZIP64 values without a ZIP64 end record")
+    else:
+        end_of_cd = eocd_offset
+    if eocd.disk_number or eocd.cd_disk:
+        raise _bad(path, "multi-disk archives are not GMI files")
+    if not 2 <= count <= MAX_ENTRIES:
+        raise _bad(path, f"{count} entries (a GMI has 2 to {MAX_ENTRIES})")
+    if cd_size > MAX_CENTRAL_DIRECTORY or cd_offset + cd_size != end_of_cd:
+        raise _bad(path, "the central directory is not where the end record says (truncated or damaged)")
+    raw = _pread(f, cd_offset, cd_size)
+    entries: list[ZipEntry] = []
+    at = 0
+    for _ in range(count):
+        try:
+            h = ZIP_CENTRAL_HEADER.parse(raw[at:at + ZIP_CENTRAL_HEADER_SIZE])
+        except ConstructError:
+            raise _bad(path, "damaged central directory") from None
+        at += ZIP_CENTRAL_HEADER_SIZE
+        name_raw = raw[at:at + h.name_length]
+        extra = raw[at + h.name_length:at + h.name_length + h.extra_length]
+        at += h.name_length + h.extra_length + h.comment_length
+        if at > len(raw):
+            raise _bad(path, "damaged central directory")
+        try:
+            name = name_raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise _bad(path, f"entry name {name_raw[:40]!r} is not ASCII") from None
+        if not _safe_name(name):
+            raise _bad(path, f"entry name {name!r} would escape the archive's folder")
+        if h.flags & FLAG_ENCRYPTED:
+            raise _bad(path, f"entry {name} is encrypted")
+        entry = ZipEntry(name, h.method, h.flags, h.crc32, h.compressed_size, h.uncompressed_size,
+                         h.local_header_offset)
+        _apply_zip64_extra(path, entry, extra)
+        entries.append(entry)
+    if len({e.name for e in entries}) != len(entries):
+        raise _bad(path, "duplicate entry names")
+    return entries, cd_offset, zip64
+
+
+def _apply_zip64_extra(path: Path, entry: ZipEntry, extra: bytes) -> None:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        if tag != ZIP64_EXTRA_ID:
+            continue
+        values = list(struct.unpack_from(f"<{len(body) // 8}Q", body)) if len(body) >= 8 else []
+        try:
+            if entry.uncompressed_size == U32_MAX:
+                entry.uncompressed_size = values.pop(0)
+            if entry.compressed_size == U32_MAX:
+                entry.compressed_size = values.pop(0)
+            if entry.header_offset == U32_MAX:
+                entry.header_offset = values.pop(0)
+        except IndexError:
+            raise _bad(path, f"entry {entry.name}: ZIP64 extra field too short") from None
+    if U32_MAX in (entry.compressed_size, entry.uncompressed_size, entry.header_offset):
+        raise _bad(path, f"entry {entry.name}: ZIP64 sizes without a ZIP64 extra field")
+
+
+def _read_local_header(f: BinaryIO, path: Path, entry: ZipEntry, cd_offset: int) -> None:
+    raw = _pread(f, entry.header_offset, ZIP_LOCAL_HEADER_SIZE)
+    try:
+        h = ZIP_LOCAL_HEADER.parse(raw)
+    except ConstructError:
+        raise _bad(path, f"entry {entry.name}: no local header at offset {entry.header_offset}") from None
+    name = _pread(f, entry.header_offset + ZIP_LOCAL_HEADER_SIZE, h.name_length)
+    if name != entry.name.encode("ascii"):
+        raise _bad(path, f"entry {entry.name}: the local header names {name[:40]!r}")
+    if h.method != entry.method:
+        raise _bad(path, f"entry {entry.name}: local and central headers disagree on the method")
+    entry.data_offset = entry.header_offset + ZIP_LOCAL_HEADER_SIZE + h.name_length + h.extra_length
+    if entry.data_offset + entry.compressed_size > cd_offset:
+        raise _bad(path, f"entry {entry.name} runs into the central directory (truncated or damaged)")
+
+
+def _check_order(path: Path, entries: list[ZipEntry], cd_offset: int) -> None:
+    end = 0
+    for entry in entries:
+        if entry.header_offset < end:
+            raise _bad(path, f"entry {entry.name} overlaps the entry before it")
+        end = entry.data_offset + entry.compressed_size
+    if end > cd_offset:
+        raise _bad(path, "entries overlap the central directory")
+
+
+# ------------------------------------------------------------------------------------------------ hashing
+
+
+ProgressFn = Callable[[int, int | None, str], None]
+
+
+def _no_progress(done: int, total: int | None, message: str) -> None:
+    """Default progress sink."""
+
+
+class _Counter:
+    """Bytes hashed so far across worker threads, reported to ``progress`` (the GIL makes += safe enough
+    for a progress value; the total is exact once every worker has finished)."""
+
+    def __init__(self, total: int, progress: ProgressFn) -> None:
+        self.done = 0
+        self.total = total
+        self.progress = progress
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.progress(self.done, self.total, "")
+
+
+def sha256_range(path: Path, offset: int, size: int, counter: _Counter | None = None) -> str:
+    """sha256 of ``size`` bytes at ``offset``, read into one reused buffer (constant memory)."""
+    digest = hashlib.sha256()
+    buf = bytearray(min(READ_CHUNK, max(size, 1)))
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        left = size
+        pos = offset
+        while left > 0:
+            n = os.preadv(fd, [view[:min(left, len(buf))]], pos)
+            if n <= 0:
+                raise BadInput(f"{Path(path).name}: ends early (truncated)")
+            digest.update(view[:n])
+            pos += n
+            left -= n
+            if counter is not None:
+                counter.add(n)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def verify_gmi(path: Path, *, progress: ProgressFn = _no_progress, workers: int = 2) -> GmiInfo:
+    """``inspect_gmi`` plus every part's sha256 against the manifest (the expanded sha256 for sparse and
+    deflated parts). BadInput names the first part that does not match. Parts are hashed on ``workers``
+    threads (hashlib releases the GIL, so two parts hash at once on two cores).
+    """
+    info = inspect_gmi(path)
+    total = sum(entry.compressed_size for _, entry in info.parts)
+    counter = _Counter(total, progress)
+    progress(0, total, f"checking {info.path.name}: {len(info.parts)} parts, {total} bytes")
+
+    def check(item: tuple[ManifestPart, ZipEntry]) -> str | None:
+        part, entry = item
+        if entry.method == DEFLATED:
+            got = _inflate_sha256(info.path, entry, part.size_bytes, counter)
+        elif part.encoding == "sparse":
+            stored, got = _sparse_sha256(info.path, entry, part.size_bytes, counter)
+            if stored != part.stored_sha256:
+                return f"{part.name} stored sha256 mismatch"
+        else:
+            got = sha256_range(info.path, entry.data_offset, entry.compressed_size, counter)
+        return None if got == part.sha256 else f"{part.name} sha256 mismatch"
+
+    # Largest first: the longest part starts at once and the others fill the second worker.
+    order = sorted(info.parts, key=lambda item: -item[1].compressed_size)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        problems = [p for p in pool.map(check, order) if p]
+    if problems:
+        raise BadInput(f"{info.path.name}: local_gmi_corrupt: {'; '.join(sorted(problems))}; the file is "
+                       f"damaged: nothing was sent to the unit")
+    return info
+
+
+def _inflate_sha256(path: Path, entry: ZipEntry, expected: int, counter: _Counter) -> str:
+    """Inflate a deflated entry in bounded pieces; refuse output beyond ``expected`` (a decompression bomb)."""
+    digest = hashlib.sha256()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out_total = 0
+    with open(path, "rb") as f:
+        f.seek(entry.data_offset)
+        left = entry.compressed_size
+        while left > 0 or inflater.unconsumed_tail:
+            data = inflater.unconsumed_tail
+            if not data:
+                data = f.read(min(left, 1 << 20))
+                if not data:
+                    raise BadInput(f"{path.name}: {entry.name} ends early (truncated)")
+                left -= len(data)
+                counter.add(len(data))
+            out = inflater.decompress(data, 1 << 20)
+            out_total += len(out)
+            if out_total > expected:
+                raise BadInput(f"{path.name}: {entry.name} inflates beyond its stated {expected} bytes")
+            digest.update(out)
+        out = inflater.flush()
+        out_total += len(out)
+        digest.update(out)
+    if out_total != expected:
+        raise BadInput(f"{path.name}: {entry.name} inflates to {out_total} bytes, not {expected}")
+    return digest.hexdigest()
+
+
+def _sparse_sha256(path: Path, entry: ZipEntry, expected: int, counter: _Counter) -> tuple[str, str]:
+    """(sha256 of the stored bytes, sha256 of the expanded image) of a format-3 sparse part."""
+    stored = hashlib.sha256()
+    expanded = hashlib.sha256()
+    zeros = bytes(1 << 20)
+    with open(path, "rb") as f:
+        f.seek(entry.data_offset)
+        end = entry.data_offset + entry.compressed_size
+
+        def take(n: int) -> bytes:
+            if f.tell() + n > end:
+                raise BadInput(f"{path.name}: {entry.name} is shorter than its chunks say")
+            data = f.read(n)
+            stored.update(data)
+            counter.add(len(data))
+            return data
+
+        try:
+            header = SPARSE_HEADER.parse(take(32))
+        except ConstructError:
+            raise BadInput(f"{path.name}: {entry.name} has no valid sparse header") from None
+        bs = header.block_size
+        if bs <= 0 or bs % 512 or header.total_blocks * bs != expected:
+            raise BadInput(f"{path.name}: {entry.name} expands to {header.total_blocks * bs} bytes, not "
+                           f"{expected}")
+        blocks = 0
+        for _ in range(header.chunk_count):
+            chunk = SPARSE_CHUNK.parse(take(12))
+            blocks += chunk.blocks
+            if blocks > header.total_blocks:
+                raise BadInput(f"{path.name}: {entry.name} has more blocks than its header says")
+            n = chunk.blocks * bs
+            if chunk.type == SPARSE_RAW and chunk.data_len == n:
+                while n:
+                    data = take(min(n, READ_CHUNK))
+                    expanded.update(data)
+                    n -= len(data)
+            elif chunk.type == SPARSE_FILL and chunk.data_len == 4:
+                pattern = take(4) * (len(zeros) // 4)
+                while n:
+                    expanded.update(pattern[:min(n, len(pattern))])
+                    n -= min(n, len(pattern))
+            elif chunk.type == SPARSE_ZERO and chunk.data_len == 0:
+                while n:
+                    expanded.update(zeros[:min(n, len(zeros))])
+                    n -= min(n, len(zeros))
+            else:
+                raise BadInput(f"{path.name}: {entry.name} has a malformed chunk (type {chunk.type})")
+        if blocks != header.total_blocks or f.tell() != end:
+            raise BadInput(f"{path.name}: {entry.name} chunks do not add up to the image")
+    return stored.hexdigest(), expanded.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- stream reading
+
+
+class GmiStreamError(Exception):
+    """The uploaded stream is not the GMI it should be; ``code`` is the device's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GmiStreamReader:
+    """Sequential reader of an uploaded GMI (the device side of a restore), fed chunk by chunk.
+
+    Events go to callbacks as the bytes arrive: ``on_manifest(bytes)`` once the manifest entry is complete
+    (it may raise to refuse the upload before any image byte is used), then ``on_part_data(file, memoryview)``
+    for each piece of part data, and ``on_part_end(file)`` at the end of each part. Data is passed through
+    as views of the incoming chunks: nothing is buffered beyond one local header. ``finish()`` checks the
+    central directory against what was received (names, sizes, offsets).
+    """
+
+    def __init__(self, *, on_manifest: Callable[[bytes], Manifest],
+                 on_part_data: Callable[[str, memoryview], None],
+                 on_part_end: Callable[[str], None]) -> None:
+        self.on_manifest = on_manifest
+        self.on_part_data = on_part_data
+        self.on_part_end = on_part_end
+        self.received = 0
+        self.manifest: Manifest | None = None
+        self.seen: list[tuple[str, int, int]] = []  # (name, local header offset, size)
+        self.image_bytes = 0  # part bytes handed on: 0 means nothing destructive can have happened
+        self._state = "header"  # header -> data -> header ... -> tail
+        self._buf = bytearray()  # the local header being collected
+        self._small = bytearray()  # mimetype and manifest data
+        self._name = ""
+        self._left = 0
+        self._tail = bytearray()
+        self.done = False
+
+    @property
+    def _expected_entries(self) -> int | None:
+        return None if self.manifest is None else 2 + len(self.manifest.parts)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            if self._state == "header":
+                view = self._feed_header(view)
+            elif self._state == "data":
+                view = self._feed_data(view)
+            else:  # the central directory and end records: small, kept for the final check
+                if len(self._tail) + len(view) > MAX_CENTRAL_DIRECTORY:
+                    raise GmiStreamError("not_a_gmi", "The GMI's central directory is too large.")
+                self._tail += view
+                self.received += len(view)
+                return
+
+    def _feed_header(self, view: memoryview) -> memoryview:
+        view = self._collect(view, ZIP_LOCAL_HEADER_SIZE)
+        if len(self._buf) >= 4 and self._buf[:4] != b"PK\x03\x04":
+            if not self.seen:
+                raise GmiStreamError("not_a_gmi", "This file is not a GMI file (no GMI mimetype entry). "
+                                                  "Nothing was changed.")
+            raise GmiStreamError("not_a_gmi", f"The GMI has no local header where entry {len(self.seen) + 1} "
+                                              f"should begin.")
+        if len(self._buf) < ZIP_LOCAL_HEADER_SIZE:
+            return view
+        name_len, extra_len = struct.unpack_from("<HH", self._buf, 26)
+        view = self._collect(view, ZIP_LOCAL_HEADER_SIZE + name_len + extra_len)
+        if len(self._buf) == ZIP_LOCAL_HEADER_SIZE + name_len + extra_len:
+            self._begin_entry()
+        return view
+
+    def _collect(self, view: memoryview, upto: int) -> memoryview:
+        take = max(0, min(upto - len(self._buf), len(view)))
+        self._buf += view[:take]
+        self.received += take
+        return view[take:]
+
+    def _begin_entry(self) -> None:
+        h = ZIP_LOCAL_HEADER.parse(bytes(self._buf[:ZIP_LOCAL_HEADER_SIZE]))
+        name_raw = bytes(self._buf[ZIP_LOCAL_HEADER_SIZE:ZIP_LOCAL_HEADER_SIZE + h.name_length])
+        extra = bytes(self._buf[ZIP_LOCAL_HEADER_SIZE + h.name_length:])
+        offset = self.received - len(self._buf)
+        self._buf = bytearray()
+        name = name_raw.decode("ascii", errors="replace")
+        index = len(self.seen)
+        if index == 0 and (name != MIMETYPE or h.method != STORED or h.compressed_size != len(MEDIA_BYTES)):
+            raise GmiStreamError("not_a_gmi", "This file is not a GMI file (no GMI mimetype entry). "
+                                              "Nothing was changed.")
+        if h.method != STORED or h.flags & (FLAG_DESCRIPTOR | FLAG_ENCRYPTED):
+            raise GmiStreamError("not_a_gmi", f"GMI entry {name} is not stored as this software writes it.")
+        size = h.compressed_size
+        if size == U32_MAX:
+            size = _local_zip64_size(extra)
+        if index == 1 and (name != MANIFEST or size > MAX_MANIFEST):
+            raise GmiStreamError("not_a_gmi", "The GMI's second entry is not its manifest.")
+        if index >= 2:
+            assert self.manifest is not None
+            want = self.manifest.parts[index - 2]
+            if want.file != name or want.entry_size != size:
+                raise GmiStreamError("manifest_mismatch", f"GMI entry {name} ({size} bytes) is not the part "
+                                                          f"the manifest lists next ({want.file}).")
+        self.seen.append((name, offset, size))
+        self._name, self._left = name, size
+        self._state = "data"
+        if size == 0:
+            self._end_entry()
+
+    def _feed_data(self, view: memoryview) -> memoryview:
+        take = min(self._left, len(view))
+        piece = view[:take]
+        if len(self.seen) <= 2:
+            self._small += piece  # mimetype, manifest: checked when complete
+        else:
+            self.image_bytes += take
+            self.on_part_data(self._name, piece)
+        self.received += take
+        self._left -= take
+        if self._left == 0:
+            self._end_entry()
+        return view[take:]
+
+    def _end_entry(self) -> None:
+        index = len(self.seen) - 1
+        self._state = "header"
+        if index == 0:
+            if bytes(self._small) != MEDIA_BYTES:
+                raise GmiStreamError("not_a_gmi", "This file is not a GMI file (no GMI mimetype entry). "
+                                                  "Nothing was changed.")
+            self._small = bytearray()
+        elif index == 1:
+            raw, self._small = bytes(self._small), bytearray()
+            self.manifest = self.on_manifest(raw)
+        else:
+            self.on_part_end(self._name)
+        if self._expected_entries is not None and len(self.seen) == self._expected_entries:
+            self._state = "tail"
+
+    def finish(self) -> None:
+        """The body has ended: every part must have arrived, and the central directory must agree."""
+        if self._state != "tail":
+            raise GmiStreamError("transfer_interrupted", "The GMI upload ended before every part arrived.")
+        cd = bytes(self._tail)
+        at = 0
+        for name, offset, size in self.seen:
+            if cd[at:at + 4] != b"PK\x01\x02":
+                raise GmiStreamError("not_a_gmi", "The GMI's central directory is missing or damaged.")
+            h = ZIP_CENTRAL_HEADER.parse(cd[at:at + ZIP_CENTRAL_HEADER_SIZE])
+            at += ZIP_CENTRAL_HEADER_SIZE
+            got = cd[at:at + h.name_length].decode("ascii", errors="replace")
+            extra = cd[at + h.name_length:at + h.name_length + h.extra_length]
+            at += h.name_length + h.extra_length + h.comment_length
+            entry = ZipEntry(got, h.method, h.flags, h.crc32, h.compressed_size, h.uncompressed_size,
+                             h.local_header_offset)
+            try:
+                _apply_zip64_extra(Path("upload"), entry, extra)
+            except BadInput as exc:
+                raise GmiStreamError("not_a_gmi", str(exc)) from None
+            if got != name or entry.compressed_size != size or entry.header_offset != offset:
+                raise GmiStreamError("not_a_gmi", f"The GMI's central directory disagrees with entry {name}.")
+        if cd.rfind(ZIP_EOCD_SIG) < 0:
+            raise GmiStreamError("not_a_gmi", "The GMI has no end-of-central-directory record.")
+        self.done = True
+
+
+def _local_zip64_size(extra: bytes) -> int:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == ZIP64_EXTRA_ID and length >= 16:
+            return struct.unpack_from("<Q", extra, pos + 4 + 8)[0]  # (uncompressed, compressed): compressed
+        pos += 4 + length
+    raise GmiStreamError("not_a_gmi", "A GMI entry has ZIP64 sizes but no ZIP64 extra field.")
+
+
+def _why(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+__all__ = ["EntrySpec", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES", "MIMETYPE",
+           "ZipEntry", "ZipPlan", "dos_datetime", "gmi_entries", "inspect_gmi", "sha256_range", "stream_gmi",
+           "verify_gmi", "write_gmi"]
+

@@ -1,0 +1,1 @@
+"""Simulated MobiusFlow node (spec: /work/shared/targets/mobiusflow.md; docs/targets/mobiusflow.md)."""
