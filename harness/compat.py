@@ -189,10 +189,13 @@ def run_matrix(target: Target, *, jobs: int = 2, device_id: str | None = None,
 # -------------------------------------------------------------------------------------------------- output
 
 _SYMBOL = {RESTORED: "restored", MIGRATED: "migrated", REFUSED: "refused", FAIL: "FAIL"}
+# FAIL is red, so a broken migration shows at a glance.
 _COLOUR = {RESTORED: "#2e7d32", MIGRATED: "#1565c0", REFUSED: "#6d6d6d", FAIL: "#c62828"}
 
 
 def _cell_text(cells: list[Cell]) -> str:
+    if not cells:
+        return "not run"
     parts = []
     for c in cells:
         text = _SYMBOL[c.outcome]
@@ -209,9 +212,9 @@ def write_reports(matrix: Matrix, outdir: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps({"target": matrix.target, "versions": matrix.versions,
                                          "summary": summary, "cells": [asdict(c) for c in matrix.cells]},
                                         indent=2) + "\n", encoding="utf-8")
-    grid = {(c.source, c.destination): [] for c in matrix.cells}
+    grid: dict[tuple[str, str], list[Cell]] = {(s, d): [] for s in matrix.versions for d in matrix.versions}
     for c in matrix.cells:
-        grid[(c.source, c.destination)].append(c)
+        grid.setdefault((c.source, c.destination), []).append(c)
 
     md = [f"# {matrix.target}: restore compatibility (rows: backup made at; columns: restored onto)", "",
           "| source \\ destination | " + " | ".join(matrix.versions) + " |",
@@ -224,6 +227,8 @@ def write_reports(matrix: Matrix, outdir: Path) -> dict[str, Path]:
     paths["md"].write_text("\n".join(md) + "\n", encoding="utf-8")
 
     def td(cells: list[Cell]) -> str:
+        if not cells:
+            return "<td>not run</td>"
         worst = FAIL if any(c.outcome == FAIL for c in cells) else cells[0].outcome
         tip = "\n".join(f"[{c.path}] {c.outcome}: {c.detail}" + (
             f"\ndropped: {', '.join(c.dropped)}\nadded: {', '.join(c.added)}" if c.dropped or c.added else "")

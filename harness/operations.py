@@ -65,8 +65,10 @@ def backup_to_store(driver: Driver, target: Target, store: Store, *, address: st
 
 def _check(driver: Driver, artifact: Artifact, **options: bool):
     """Pass only the options this driver's check_restore knows (cross-family is a MultispeQ notion)."""
-    accepted = inspect.signature(driver.check_restore).parameters
-    return driver.check_restore(artifact, **{k: v for k, v in options.items() if k in accepted})
+    params = inspect.signature(driver.check_restore).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return driver.check_restore(artifact, **options)
 
 
 def restore_from(driver: Driver, target: Target, artifact_path: Path, store: Store, *, address: str,

@@ -220,13 +220,14 @@ class HttpTransport:
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                 headers: Mapping[str, str] | None = None, content: bytes | None = None,
                 idempotent: bool | None = None, auth: bool = True, expect: tuple[int, ...] | None = None,
-                timeout: float | httpx.Timeout | None = None) -> httpx.Response:
+                timeout: float | httpx.Timeout | None = None, retry: bool = True) -> httpx.Response:
         """One call, with auth, 401 recovery and (safe requests only) retries. The body is read.
 
         ``expect``: the statuses that are success (default: any 2xx); anything else raises ApiError.
+        ``retry=False``: no retries even when safe (a probe that has its own loop).
         """
         method = method.upper()
-        safe = method in SAFE_METHODS if idempotent is None else idempotent
+        safe = (method in SAFE_METHODS if idempotent is None else idempotent) and retry
 
         def send() -> httpx.Response:
             all_headers = dict(headers or {})

@@ -99,9 +99,11 @@ def _list(items: list[str]) -> str:
 
 
 def verdict(*, backup_format: str, backup_version: str, backup_hub: str, backup_kind: str, pids: set[str],
-            node_version: str, node_hub: str, persisted_values: bool = False, has_routers: bool = False) -> Verdict:
-    """The rule of §5 for one backup on one node."""
-    node = get_version(node_version)
+            node_version: str, node_hub: str, persisted_values: bool = False, has_routers: bool = False,
+            node: Version | None = None) -> Verdict:
+    """The rule of §5 for one backup on one node. ``node``: the node's own description (from its info:
+    generation, format written, formats restored) for a release this table does not model."""
+    node = node or get_version(node_version)
     backup_gen = 1 if backup_format.startswith("1.") else 3
     if node.generation == 1 and backup_gen == 3:
         return Verdict("refuse", "backup_generation_unsupported",

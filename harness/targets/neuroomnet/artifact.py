@@ -201,7 +201,10 @@ def load_zip(path: Path) -> RestorePointZip:
 
 
 def load_artifact(path: Path) -> Artifact:
-    data = load_zip(path)
+    try:
+        data = load_zip(path)
+    except BadInput as exc:
+        raise BadInput(f"{Path(path).name}: {exc}") from None
     m = data.manifest
     warnings = []
     if data.prefix:
@@ -220,8 +223,8 @@ def artifact_fields(data: RestorePointZip) -> dict[str, Any]:
         "restore_point.label": m.label,
         "restore_point.created": m.created,
         "restore_point.format": m.format,
-        "source.server_id": m.server_id,
-        "source.server_name": m.server_name,
+        # The server's identity (not configuration: §3.3), under the name every target uses for it.
+        "device_id": m.server_id,
         "source.software_version": m.software_version,
         "source.config_schema": m.config_schema,
         "config_digest": data.config_digest,

@@ -1,0 +1,90 @@
+"""NeuroomNet server: system restore points over the (modelled) HTTP API, kept as the server's ZIP download.
+
+Facts and model: /work/shared/targets/neuroomnet.md; what the simulator speaks: docs/targets/neuroomnet.md.
+Pieces: schema.py (SQLite/WAL headers with construct, restorepoint.json), ziprecords.py (ZIP records, writer,
+strict reader), config.py (configuration tables, digests, field view), artifact.py (validating a ZIP),
+versions.py (compatibility rules), driver.py (the HTTP driver).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+from typing import Any
+
+from harness.compare import CompareRules
+from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
+from harness.targets.neuroomnet.artifact import RestorePointZip, artifact_fields, load_artifact
+from harness.targets.neuroomnet.driver import NeuroomNetDriver
+from harness.targets.neuroomnet.versions import AS_IS, MIGRATE, RELEASES, rule
+
+# What every backup or restore rewrites by design, so a round trip can never make it equal:
+COMPARE_IGNORE = (
+    # Restore-point bookkeeping: each backup creates a new restore point with its own id, label ("harness
+    # <reason>") and creation time. They say which snapshot this is, not what the server is configured as.
+    "restore_point.id",
+    "restore_point.label",
+    "restore_point.created",
+    # The config.sqlite container bytes: SQLite's file change counter, schema cookie and page layout differ
+    # between two snapshots of the same rows. Its content is compared cell by cell (config.*) and by
+    # config_digest, which hashes the rows only (§3.5).
+    "files.config.sqlite.*",
+)
+
+_LANGUAGES = ("de", "fr", "nl", "it", "es", "da")
+
+
+class NeuroomNetTarget(Target):
+    name = "neuroomnet"
+    artifact_ext = "zip"
+    compare_rules = CompareRules(ignore=COMPARE_IGNORE, float_decimals=None, nan_equal=True)
+    driver = NeuroomNetDriver
+
+    def artifact_name(self, device_id: str, created: dt.datetime) -> str:
+        """``RP_<YYYY-MM-DD>_<HH-mm-ss>_utc.zip``: the server's local-copy naming (§3.1), in UTC.
+
+        The server names its download after the restore point's local time and label; the store knows only
+        the instant, so the name carries UTC and says so (docs/targets/neuroomnet.md, deviations).
+        """
+        if created.tzinfo is None:
+            raise ValueError("backup times must be timezone-aware (UTC)")
+        return created.astimezone(dt.UTC).strftime("RP_%Y-%m-%d_%H-%M-%S_utc.zip")
+
+    def load_artifact(self, path: Path) -> Artifact:
+        return load_artifact(Path(path))
+
+    def fields(self, artifact: Artifact) -> dict[str, Any]:
+        if not isinstance(artifact.data, RestorePointZip):
+            raise TypeError("not a NeuroomNet artifact")
+        return artifact_fields(artifact.data)
+
+    def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
+        """Cells every modelled schema has (17..22), different for every seed."""
+        rng = random.Random(seed)
+        return {
+            "config.system_setting.language.value": _LANGUAGES[seed % len(_LANGUAGES)],
+            "config.system_setting.site_name.value": f"Museum wing {seed}-{rng.randrange(1000)}",
+            "config.system_setting.ntp_server.value": f"ntp{seed}.museum.local",
+            "config.component.1.address": f"10.{seed % 250}.{rng.randrange(250)}.{rng.randrange(1, 250)}",
+            "config.component.2.enabled": seed % 2,
+            "config.component.3.name": f"Projector foyer {seed}",
+            "config.schedule.1.cron": f"{rng.randrange(60)} {rng.randrange(6, 10)} * * 1-6",
+            "config.module.Shows.enabled": seed % 2,
+        }
+
+    def compat_versions(self) -> list[CompatVersion]:
+        return [CompatVersion(v) for v in RELEASES]
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        verdict = rule(source.version, destination.version)
+        if verdict.verdict == AS_IS:
+            return CompatRule("restore", "same configuration schema")
+        if verdict.verdict == MIGRATE:
+            return CompatRule("migrate", "schema " + " -> ".join(map(str, verdict.path)))
+        return CompatRule("refuse", f"{verdict.code}: {verdict.message}")
+
+
+TARGET = NeuroomNetTarget()
+
+__all__ = ["TARGET", "NeuroomNetDriver", "NeuroomNetTarget"]
