@@ -28,3 +28,35 @@ Feature: Backing up a unit
     When I back up the unit
     Then the backup verifies
     And the backup is flagged "device ID is unset"
+
+  @target_mobiusflow
+  Scenario Outline: Back up a mobiusflow node at <version>
+    Given a mobiusflow unit running <version>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    Then the backup is filed under the unit's ID with a manifest
+    And the backup verifies
+    And the backup holds the unit's calibration
+
+    Examples:
+      | version |
+      | 3021    |
+      | 3004    |
+      | 1.19.1  |
+      | 1.16.4  |
+
+  @target_neuroomnet
+  Scenario Outline: Back up a neuroomnet server at <version>
+    Given a neuroomnet unit running <version>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    Then the backup is filed under the unit's ID with a manifest
+    And the backup verifies
+    And the backup holds the unit's calibration
+
+    Examples:
+      | version |
+      | 3.9.4   |
+      | 4.0.2   |
+      | 4.2.0   |
+      | 5.0.0   |

@@ -42,3 +42,76 @@ Feature: Bad links and bad artifacts lose nothing
       | damage    |
       | truncated |
       | foreign   |
+
+  @target_mobiusflow @sim_only @destructive
+  Scenario: A token that expires in the middle of a restore is renewed and the round trip holds
+    Given a mobiusflow unit running 3021
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    And the unit's tokens expire after 0.5 seconds without notice
+    And the unit's backup downloads are slowed to 8000 bytes per second
+    When I restore the backup
+    Then a new backup equals the first, field by field
+    And the unit answered 401 "token_expired" at least once
+
+  @target_mobiusflow @sim_only @destructive
+  Scenario: The restore waits out the reboot behind the proxy's 502 pages
+    Given a mobiusflow unit running 3021
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    And the unit shows its proxy's 502 page for 1 second while rebooting
+    When I restore the backup
+    Then a new backup equals the first, field by field
+    And the driver waited through 502 answers
+
+  @target_mobiusflow @sim_only @destructive
+  Scenario: A restore that fails on the node is rolled back and reported
+    Given a mobiusflow unit running 3021
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    And the unit's restore fails at "Writing node configuration"
+    When I try to restore the backup
+    Then the restore fails with a device error that mentions "restore rolled back"
+    And the unit's memory is unchanged
+
+  @target_mobiusflow @destructive
+  Scenario Outline: A backup ZIP with a <damage> is refused before the node is touched
+    Given a mobiusflow unit running 3021
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the backup ZIP is damaged: <damage>
+    When I restore the edited backup onto the unit
+    Then the restore is refused as bad input that mentions "<code>"
+    And the unit's memory is unchanged
+
+    Examples:
+      | damage                      | code                    |
+      | zip-slip entry              | unsafe_path             |
+      | absolute path entry         | unsafe_path             |
+      | drive letter entry          | unsafe_path             |
+      | symbolic link entry         | unsafe_path             |
+      | encrypted entry             | encrypted_zip           |
+      | zip bomb                    | zip_bomb_suspected      |
+      | corrupted byte              | not_a_zip               |
+      | truncated file              | not_a_zip               |
+      | another target's ZIP        | manifest_missing        |
+      | another product's manifest  | not_a_mobiusflow_backup |
+      | tampered configuration file | integrity_failed        |
+
+  @target_neuroomnet @destructive
+  Scenario Outline: A <damage> restore point is refused before the server is touched
+    Given a neuroomnet unit running 4.2.0
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the backup file is <damage>
+    When I restore the edited backup onto the unit
+    Then the restore is refused as bad input
+    And the unit's memory is unchanged
+
+    Examples:
+      | damage    |
+      | truncated |
+      | foreign   |

@@ -32,3 +32,68 @@ Feature: Restoring a backup onto a unit
     And a backup of another multispeq unit running 1.17
     When I force the restore of that backup onto the unit
     Then the unit's settings equal the backup except the device ID
+
+  @target_mobiusflow
+  Scenario Outline: Restore a backup onto a mobiusflow node at <version>
+    Given a mobiusflow unit running <version>
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    When I restore the backup
+    Then the restore reports every field restored
+    And the unit's settings equal the backup
+
+    Examples:
+      | version |
+      | 3021    |
+      | 1.19.1  |
+
+  @target_mobiusflow
+  Scenario: A 1.19.1 backup migrates onto a 3021 node
+    Given a mobiusflow unit running 3021
+    And a backup made on a mobiusflow unit running 1.19.1
+    When I restore that backup onto the unit
+    Then the restore reports a migration
+
+  @target_mobiusflow
+  Scenario Outline: A <source> backup is refused by a <version> node and nothing changes
+    Given a mobiusflow unit running <version>
+    And a backup made on a mobiusflow unit running <source>
+    When I restore that backup onto the unit
+    Then the restore is refused as incompatible with "<code>"
+    And the unit's memory is unchanged
+
+    Examples:
+      | version | source | code                          |
+      | 1.19.1  | 3021   | backup_generation_unsupported |
+      | 3004    | 3021   | backup_too_new                |
+      | 1.16.4  | 1.19.1 | backup_too_new                |
+
+  @target_neuroomnet
+  Scenario Outline: Restore a restore point onto a neuroomnet server at <version>
+    Given a neuroomnet unit running <version>
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    When I restore the backup
+    Then the unit's settings equal the backup
+
+    Examples:
+      | version |
+      | 4.2.0   |
+      | 3.9.4   |
+
+  @target_neuroomnet
+  Scenario: A restore point of another neuroomnet server is refused and nothing is written
+    Given a neuroomnet unit running 4.2.0
+    And a backup of another neuroomnet unit running 4.2.0
+    When I restore that backup onto the unit
+    Then the restore is refused because the device IDs differ
+    And the unit's memory is unchanged
+
+  @target_neuroomnet
+  Scenario: Forcing a restore point of another neuroomnet server keeps this server's identity
+    Given a neuroomnet unit running 4.2.0
+    And a backup of another neuroomnet unit running 4.2.0
+    When I force the restore of that backup onto the unit
+    Then the unit's settings equal the backup except the device ID

@@ -18,3 +18,35 @@ Feature: A backup brings the unit back
       | multispeq | 1.10    | serial    |
       | multispeq | 1.06    | serial    |
       | multispeq | 1.05    | serial    |
+
+  @target_mobiusflow
+  Scenario Outline: Round trip on mobiusflow at <version>
+    Given a mobiusflow unit running <version>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    And the unit's settings are changed
+    And I restore the backup
+    Then a new backup equals the first, field by field
+
+    Examples:
+      | version |
+      | 3021    |
+      | 3004    |
+      | 1.19.1  |
+      | 1.16.4  |
+
+  @target_neuroomnet
+  Scenario Outline: Round trip on neuroomnet at <version>
+    Given a neuroomnet unit running <version>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    And the unit's settings are changed
+    And I restore the backup
+    Then a new backup equals the first, field by field
+
+    Examples:
+      | version |
+      | 3.9.4   |
+      | 4.0.2   |
+      | 4.2.0   |
+      | 5.0.0   |

@@ -66,7 +66,7 @@ RUN_DIR = Path(".harness/run")
 STATE_DIR = Path(".harness/state")
 
 _TOP_KEYS = ("version", "description", "devices")
-_DEVICE_KEYS = ("target", "firmware", "description", "sim", "port", "visa", "url", "credentials")
+_DEVICE_KEYS = ("target", "firmware", "description", "sim", "port", "visa", "url", "ssh", "credentials")
 _ADDRESS_KEYS = ("port", "visa", "url")
 _SIM_KEYS = ("device_id", "profile", "state", "time_scale", "realtime", "control")
 _CRED_KEYS = ("username", "password_file", "password_env")
@@ -123,6 +123,7 @@ class DeviceSpec:
     address: str | None = None
     address_kind: str | None = None  # "port" | "visa" | "url"
     credentials: Credentials | None = None
+    ssh: str | None = None  # a second address for SSH/SFTP (PlanktoScope: ssh://pi@host[:port]), real units
     description: str = ""
     line: int = 0  # where it is defined in the bench file, for messages
 
@@ -531,12 +532,18 @@ class _Parser:
             if "description" in keys else None
         common = dict(name=name, target=target, firmware=firmware, credentials=credentials,
                       description=description or "", line=node.start_mark.line + 1)
+        if "sim" in keys and "ssh" in keys:
+            raise self.fail(keys["ssh"], f"{what}: a simulator gives its own ssh address (its JSON line); "
+                                         f"ssh: is for a real unit")
         if "sim" in keys:
             return DeviceSpec(sim=self.sim(name, keys["sim"], what), **common)  # type: ignore[arg-type]
         kind = addresses[0]
         address = self.text(keys[kind], f"{what}: {kind}") or ""
         self.check_address(keys[kind], what, kind, address)
-        return DeviceSpec(address=address, address_kind=kind, **common)  # type: ignore[arg-type]
+        ssh = self.text(keys["ssh"], f"{what}: ssh") if "ssh" in keys else None
+        if ssh is not None and not ssh.lower().startswith("ssh://"):
+            raise self.fail(keys["ssh"], f"{what}: ssh: must be an ssh://[user@]host[:port] address")
+        return DeviceSpec(address=address, address_kind=kind, ssh=ssh, **common)  # type: ignore[arg-type]
 
     def check_address(self, node: yaml.Node, what: str, kind: str, address: str) -> None:
         is_http = address.lower().startswith(("http://", "https://"))

@@ -237,11 +237,11 @@ class HttpTransport:
                                         content=content,
                                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
 
-        response = self._with_retries(method, path, send, safe)
+        response = self._with_retries(method, path, send, safe, use_auth=auth)
         return self._check(method, path, response, expect)
 
     def _with_retries(self, method: str, path: str, send: Callable[[], httpx.Response],
-                      safe: bool) -> httpx.Response:
+                      safe: bool, *, use_auth: bool = True) -> httpx.Response:
         unauthorized = 0
         attempt = 0
         while True:
@@ -253,7 +253,8 @@ class HttpTransport:
                     attempt += 1
                     continue
                 raise LinkError(f"{self._where(method, path)}: {_reason(exc)}") from None
-            if response.status_code == 401 and self.auth is not None \
+            # A 401 on a call made without auth (login, refresh) is that call's answer, not a cue to log in.
+            if response.status_code == 401 and use_auth and self.auth is not None \
                     and self.auth.on_unauthorized(self, unauthorized):
                 unauthorized += 1
                 continue

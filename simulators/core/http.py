@@ -35,6 +35,7 @@ What the base gives you:
 - ``self.base_url``, ``self.port`` (stable across reboots: the port is re-bound, never changed), ``self.cert_path``.
 - ``self.unavailable``: a starlette ``Response`` (or None) answered to every device request (not /_sim) while
   set; use ``unavailable_html(502)`` / ``self.error_response(503, "starting", …)`` during boot phases.
+  ``self.unavailable_served`` counts those answers by status (put it in ``state()``: proof a client waited).
 - ``reboot(down=None)``: listener closed and every connection aborted (in-flight requests dropped), connections
   refused for ``down`` seconds (default ``self.reboot_down()``: the scaled ``reboot_down_s``, never under
   ``MIN_DOWN``), then ``on_boot()`` and back on the SAME port. ``reboot_later(delay, down)`` does it from a
@@ -313,6 +314,8 @@ class HttpSimulator(Simulator):
             tls = self.tls_default or os.environ.get(TLS_ENV, "") == "1"
         self.tls_files: TlsFiles | None = ensure_self_signed(self.state_dir / "tls") if tls else None
         self.server: HttpServer | None = None
+        # How many requests got each "not up" answer (502/503 while booting): evidence a client waited.
+        self.unavailable_served: dict[int, int] = {}
         self._power_lock = threading.RLock()
         self._booting = threading.Event()
 
@@ -337,6 +340,9 @@ class HttpSimulator(Simulator):
         """The unit's JSON error shape; targets override it to match their spec."""
         return JSONResponse({"statusCode": status, "code": code, "message": message}, status_code=status,
                             headers=dict(headers or {}))
+
+    def count_unavailable(self, status: int) -> None:
+        self.unavailable_served[status] = self.unavailable_served.get(status, 0) + 1
 
     # -- properties -----------------------------------------------------------------------------------
 

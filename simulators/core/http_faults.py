@@ -129,6 +129,7 @@ class FaultMiddleware:
         sim, faults, path = self.sim, self.sim.faults, scope["path"]
         gate = sim.unavailable
         if gate is not None:
+            sim.count_unavailable(gate.status_code)
             await gate(scope, receive, send)
             return
         busy = faults.peek("busy")

@@ -633,7 +633,7 @@ class Node:
                           step=1)
             self.jobs.log(jid, "Verdict: " + ("as is" if v.kind == "as is" else f"migrate ({'; '.join(v.changes)})"))
             self.jobs.log(jid, "Taking pre-restore snapshot", step=2)
-            self.flush(force=True)
+            self.flush()  # every live value on disk (unchanged ones already are)
             pre = self.restore_dir / "pre"
             shutil.rmtree(pre, ignore_errors=True)
             pre.parent.mkdir(parents=True, exist_ok=True)

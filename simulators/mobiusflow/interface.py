@@ -17,7 +17,7 @@ Control routes beyond the standard ones (simulators/core/http.py):
 - ``POST /_sim/clock {offset_s}`` or ``{now: "RFC 3339"}``  the node clock
 - ``POST /_sim/auth {token_ttl}``  lifetime of tokens issued from now on (also the fault ``token_ttl``)
 
-Fault kinds beyond the HTTP ones: ``token_ttl {seconds}``, ``nginx_502_phase {seconds}``, ``slow_boot {factor}``,
+Fault kinds beyond the HTTP ones: ``token_ttl {seconds, announce=false}``, ``nginx_502_phase {seconds}``, ``slow_boot {factor}``,
 ``apply_fails {step}``, ``crash_during_apply``, ``flush_slow {seconds}``.
 """
 
@@ -94,7 +94,9 @@ class MobiusFlowSimulator(HttpSimulator):
     default_username = "admin"
     default_password = "mobiusflow"
     extra_fault_kinds = {
-        "token_ttl": {"seconds": Param(float)},
+        # MF-F01: tokens really expire after `seconds`; unless `announce`, logins still say 600 s, so a client
+        # meets 401 token_expired mid-run instead of refreshing ahead of it.
+        "token_ttl": {"seconds": Param(float), "announce": Param(bool, False)},
         "nginx_502_phase": {"seconds": Param(float)},
         "slow_boot": {"factor": Param(float)},
         "apply_fails": {"step": Param(str, "Writing node configuration")},
@@ -120,6 +122,7 @@ class MobiusFlowSimulator(HttpSimulator):
             raise BadInput(str(exc)) from None
         self.sessions = Sessions(ttl=TOKEN_TTL_S, jwt=True, max_age=12 * 3600.0, idle=3600.0, issuer="mobiusflow")
         self._first_boot = True
+        self.rejections: dict[str, int] = {}  # 401 answers by code, for tests (token expiry mid-run)
 
     # -- HttpSimulator -----------------------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class MobiusFlowSimulator(HttpSimulator):
         return {**info, "storage_sha256": node.storage_sha256(), "licence": node.deploy.get("licence"),
                 "users": [self.credentials.username], "pskGeneration": node.deploy.get("pskGeneration"),
                 "faults": self.faults.describe(), "sessions": self.sessions.count(), "tokenTtl": self.sessions.ttl,
+                "rejections": dict(self.rejections),
+                "unavailableServed": {str(k): v for k, v in self.unavailable_served.items()},
                 "time_scale": self.clock.time_scale, "address": self.base_url if self.server else None,
                 "device_id": node.hub_id, "firmware": node.version}
 
@@ -257,6 +262,7 @@ class MobiusFlowSimulator(HttpSimulator):
             code = {"expired": "token_expired", "invalid": "token_invalid"}.get(exc.reason, "session_expired")
             if token is None:
                 code = "token_invalid"
+            self.rejections[code] = self.rejections.get(code, 0) + 1
             raise NodeError(401, code, "Your session has expired. Log in again.",
                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
         if session.role != "admin":
@@ -364,10 +370,14 @@ class MobiusFlowSimulator(HttpSimulator):
             raise NodeError(401, "invalid_credentials", "Invalid username or password.")
         return self.sessions.issue(self.credentials.username, role="admin")
 
+    def _expires_in(self, session: Session) -> int:
+        ttl = self.faults.get("token_ttl")
+        return int(TOKEN_TTL_S) if ttl is not None and not ttl["announce"] else session.expires_in()
+
     def login_v1(self, ctx: Ctx) -> dict[str, Any]:
         session = self._login(ctx)
         refresh = self.sessions.issue_refresh(session)
-        return {"accessToken": session.token, "refreshToken": refresh, "expiresIn": session.expires_in(),
+        return {"accessToken": session.token, "refreshToken": refresh, "expiresIn": self._expires_in(session),
                 "tokenType": "Bearer"}
 
     def refresh_v1(self, ctx: Ctx) -> dict[str, Any]:
@@ -380,12 +390,12 @@ class MobiusFlowSimulator(HttpSimulator):
                                 "This refresh token was already used; every session from it is revoked. "
                                 "Log in again.") from None
             raise NodeError(401, "token_invalid", "Your session has expired. Log in again.") from None
-        return {"accessToken": session.token, "refreshToken": refresh, "expiresIn": session.expires_in(),
+        return {"accessToken": session.token, "refreshToken": refresh, "expiresIn": self._expires_in(session),
                 "tokenType": "Bearer"}
 
     def login_v3(self, ctx: Ctx) -> dict[str, Any]:
         session = self._login(ctx)
-        return {"sessionToken": session.token, "expiresIn": session.expires_in()}
+        return {"sessionToken": session.token, "expiresIn": self._expires_in(session)}
 
     def validate_v3(self, ctx: Ctx) -> dict[str, Any]:
         token = ctx.json().get("sessionToken")
@@ -393,7 +403,7 @@ class MobiusFlowSimulator(HttpSimulator):
             session = self.sessions.renew(token if isinstance(token, str) else None)
         except TokenRejected:
             raise NodeError(401, "session_expired", "Your session has expired. Log in again.") from None
-        return {"valid": True, "sessionToken": session.token, "expiresIn": session.expires_in()}
+        return {"valid": True, "sessionToken": session.token, "expiresIn": self._expires_in(session)}
 
     def logout_v3(self, ctx: Ctx) -> None:
         self.sessions.revoke(bearer(ctx.request.headers.get("authorization")))

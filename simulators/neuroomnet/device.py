@@ -390,9 +390,12 @@ class NeuroomNetServer:
         """The user's role if the password is right and the user enabled; None otherwise."""
         if not isinstance(name, str) or not isinstance(password, str):
             return None
-        with self.lock:
-            row = self.conn.execute("SELECT password_hash, role, disabled FROM app_user WHERE name = ?",
-                                    (name,)).fetchone()
+        try:
+            with self.lock:
+                row = self.conn.execute("SELECT password_hash, role, disabled FROM app_user WHERE name = ?",
+                                        (name,)).fetchone()
+        except sqlite3.OperationalError:  # maintenance: the configuration tables are gone
+            row = None
         if row and not row[2] and profiles.check_password(password, row[0]):
             return str(row[1])
         # [modelled] In maintenance the configuration (and its users) is gone; the installation's service
@@ -1022,7 +1025,7 @@ class NeuroomNetServer:
         verdict = import_verdict(m.restore_point_id, m.format, m.config_schema, rel, version=m.software_version)
         if verdict.verdict == REFUSE:
             raise ServerError(422, verdict.code or "refused", verdict.message or "", dict(verdict.details))
-        if m.format == 1:
+        if m.format == 1 and rel.writes_format >= 2:
             ctx.log("Converting restore point format 1 (computing digests)")
         paths = [f.path for f in m.files] if m.format == 2 else [CONFIG_NAME]
         ctx.next(f"Verifying {len(paths)} files ({'sha256' if m.format == 2 else 'md5 of config.sqlite'})")
@@ -1053,7 +1056,8 @@ class NeuroomNetServer:
                               "digests in restorepoint.json. Nothing was imported.")
         source = {"server_id": m.server_id if m.format == 2 else "unknown", "server_name": m.server_name,
                   "software_version": m.software_version, "config_schema": m.config_schema}
-        if m.format == 1:
+        converted = m.format == 1 and rel.writes_format >= 2  # 3.9.4 keeps its own format
+        if converted:
             raw_manifest = manifest_format2(restore_point_id=m.restore_point_id, label=m.label, created=m.created,
                                             source=source, modules=self._counts_of(snap), files=listed,
                                             config_digest=digest, summary_digest=sdigest)
@@ -1071,7 +1075,8 @@ class NeuroomNetServer:
             ctx.log(f"Restore point {m.restore_point_id} exists with other content; storing as {rp_id}", "WARN")
         files = [(path, folder / path) for path in paths]
         size = sum(f["size_bytes"] for f in listed)
-        self._store_rp(rp_id, m.label, m.created, self.utc_precise(), "imported", 2, source, m.config_schema, size,
+        self._store_rp(rp_id, m.label, m.created, self.utc_precise(), "imported", 2 if converted or m.format == 2 else 1,
+                       source, m.config_schema, size,
                        digest, sdigest, raw_manifest, files, listed)
         apply = apply_verdict(rp_id, m.config_schema, rel, version=m.software_version)
         compatible = "yes" if apply.verdict != REFUSE else f"no: {apply.code}"

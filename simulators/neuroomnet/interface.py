@@ -222,6 +222,9 @@ class NeuroomNetSimulator(HttpSimulator):
                 return self._error(exc)
             except BadInput as exc:
                 return self._error(ServerError(400, "bad_request", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a server answers 500 with its error body, never a bare crash
+                log.exception("%s %s failed", request.method, request.url.path)
+                return self._error(ServerError(500, "internal_error", f"Internal server error ({type(exc).__name__})."))
             if isinstance(result, Response):
                 result.headers.update(self._headers())
                 return result

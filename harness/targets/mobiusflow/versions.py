@@ -118,8 +118,6 @@ def verdict(*, backup_format: str, backup_version: str, backup_hub: str, backup_
     changes: list[str] = []
     warnings = ["Users, licence, pre-shared keys, network settings and historian data are not part of the "
                 "backup and stay as they are on this node"]
-    if backup_format == "1.0":
-        warnings.append("Backup format 1.0 has no file hashes; integrity relies on the ZIP CRC-32 only")
     if backup_gen == 1 and node.generation == 3:
         missing = sorted(p for p in pids if p not in TEMPLATES)
         if missing:

@@ -552,7 +552,8 @@ class PlanktoscopeDriver(Driver):
             forcible = all(r.forcible for r in refusals)
             hint = " (--force overrides)" if forcible else ""
             raise Refused("restore refused: " + "; ".join(str(r) for r in refusals) + hint)
-        notes += plan.warnings
+        del refused_datasets[:0]
+        notes += plan.warnings(force)
         return RestorePlan(artifact, data, unit, plan, datasets, refused_datasets, notes, force)
 
     def restore(self, plan: RestorePlan) -> PlanktoscopeRestoreReport:
@@ -731,7 +732,7 @@ class _Refusal:
     forcible: bool
 
     def __str__(self) -> str:
-        return f"{self.id}: {self.message}"
+        return f"{self.id} (refuse): {self.message}"
 
 
 def _field_names(device_path: str, data: bytes) -> list[str]:

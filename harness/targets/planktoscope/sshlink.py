@@ -98,6 +98,7 @@ class SshLink:
         except asyncssh.SFTPNoSuchFile:
             raise
         except asyncssh.SFTPError as exc:
+            self._drop()  # e.g. the connection was lost in a reboot: the next call connects afresh
             raise LinkError(f"{self.address}: {what}: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
             self._drop()

@@ -94,7 +94,7 @@ class Hazard:
     forcible: bool = False
 
     def __str__(self) -> str:
-        return f"{self.id}: {self.message}"
+        return f"{self.id} ({self.kind}): {self.message}"
 
 
 @dataclass
@@ -131,10 +131,12 @@ class SettingsPlan:
     def refusals(self, force: bool) -> list[Hazard]:
         return [h for h in self.hazards if h.kind == REFUSE and not (force and h.forcible)]
 
-    @property
-    def warnings(self) -> list[str]:
-        return [str(h) for h in self.hazards if h.kind in (WARN, MIGRATE)] + \
-            [f"{h} (overridden by --force)" for h in self.hazards if h.kind == REFUSE and h.forcible]
+    def warnings(self, force: bool = False) -> list[str]:
+        """Report lines: migrations and warnings, and the refusals that ``force`` overrode."""
+        lines = [str(h) for h in self.hazards if h.kind in (WARN, MIGRATE)]
+        if force:
+            lines += [f"{h} (overridden by --force)" for h in self.hazards if h.kind == REFUSE and h.forcible]
+        return lines
 
 
 def bundle_hardware_version(hardware: bytes | None, config: bytes | None, recorded: str | None) -> str | None:

@@ -1,0 +1,24 @@
+@compatibility
+Feature: A backup made under one version restores onto another as the target declares
+  For each declared version, a unit with a distinctive state is backed up and the backup is restored onto
+  a fresh unit of every declared version, and (where the target updates in place) onto the same unit after
+  an update. Each cell must be what the target declares: restored, migrated by field name, or refused with
+  a reason. The rows are the declared versions (tests/test_compat_feature.py keeps them in step).
+
+  Scenario Outline: Backups of <target> made at <source> restore as declared
+    Given the declared versions of <target>
+    When backups made at <source> are restored onto every declared version
+    Then every cell is what the rules declare
+    And the row is attached to the report
+
+    @target_multispeq
+    Examples:
+      | target    | source     |
+      | multispeq | 1.05 (A)   |
+      | multispeq | 1.05 (B)   |
+      | multispeq | 1.06 (C50) |
+      | multispeq | 1.10 (C75) |
+      | multispeq | 1.11 (D)   |
+      | multispeq | 1.15 (E)   |
+      | multispeq | 1.17 (E)   |
+      | multispeq | 1.19 (F)   |

@@ -1,0 +1,58 @@
+"""Steps of the compatibility feature: one row of the version matrix, through harness.compat."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import allure
+from pytest_bdd import given, parsers, then, when
+
+from harness.compat import FAIL, Matrix, run_cell, write_reports
+from harness.targets import get_target
+from harness.targets.base import Target
+
+REPORTS = Path("reports/compat/rows")
+
+
+@given(parsers.parse("the declared versions of {target}"), target_fixture="compat_target")
+def declared_versions(target: str) -> Target:
+    t = get_target(target)
+    assert len(t.compat_versions()) >= 3, f"{target} declares fewer than three versions"
+    return t
+
+
+@when(parsers.parse("backups made at {source} are restored onto every declared version"),
+      target_fixture="matrix_row")
+def run_row(compat_target: Target, source: str, bench) -> Matrix:
+    versions = compat_target.compat_versions()
+    src = next((v for v in versions if v.name == source), None)
+    assert src is not None, f"{source} is not a declared {compat_target.name} version"
+    spec = next((d for d in bench.devices.values() if d.target == compat_target.name and d.is_sim), None)
+    device_id = spec.sim.device_id if spec else None
+    paths = ["fresh", "update"] if compat_target.updatable else ["fresh"]
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="compat-row-") as tmp:
+        for i, (dst, path) in enumerate((d, p) for d in versions for p in paths):
+            workdir = Path(tmp) / f"cell{i}"
+            workdir.mkdir()
+            cells.append(run_cell(compat_target, src, dst, path, workdir, device_id))
+    return Matrix(compat_target.name, [v.name for v in versions], cells)
+
+
+@then("every cell is what the rules declare")
+def no_fail(matrix_row: Matrix) -> None:
+    expected = {"restore": "restored", "migrate": "migrated", "refuse": "refused"}
+    for cell in matrix_row.cells:
+        assert cell.outcome != FAIL, f"{cell.source} -> {cell.destination} ({cell.path}): {cell.detail}"
+        assert cell.outcome == expected[cell.declared], cell
+
+
+@then("the row is attached to the report")
+def attach_row(matrix_row: Matrix) -> None:
+    source = matrix_row.cells[0].source
+    out = REPORTS / matrix_row.target / "".join(c if c.isalnum() or c in ".-" else "_" for c in source)
+    paths = write_reports(matrix_row, out)
+    allure.attach.file(str(paths["html"]), name=f"{matrix_row.target} from {source}",
+                       attachment_type=allure.attachment_type.HTML)
+    allure.attach.file(str(paths["md"]), name="table", attachment_type=allure.attachment_type.TEXT)
