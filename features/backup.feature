@@ -60,3 +60,34 @@ Feature: Backing up a unit
       | 4.0.2   |
       | 4.2.0   |
       | 5.0.0   |
+
+  @target_planktoscope
+  Scenario Outline: Back up a planktoscope unit at <version> over <link>
+    Given a planktoscope unit running <version> reached over <link>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    Then the backup is filed under the unit's ID with a manifest
+    And the backup verifies
+    And the backup holds the unit's calibration
+    And every dataset in the backup passes its integrity check
+
+    Examples:
+      | version   | link |
+      | v2023.9.0 | http |
+      | v2024.0.0 | http |
+      | v2025.0.0 | http |
+      | v2.3      | ssh  |
+      | v2026     | ssh  |
+
+  @target_planktoscope
+  Scenario Outline: Without SSH, a planktoscope at <version> is backed up without its settings, and says why
+    Given a planktoscope unit running <version> reached over http
+    When I back up the unit
+    Then the backup verifies
+    And the backup is flagged "<reason>"
+    And every dataset in the backup passes its integrity check
+
+    Examples:
+      | version | reason                                        |
+      | v2.3    | v2.3 has no file browser                      |
+      | v2026   | on v2026 /admin/fs redirects to Cockpit       |

@@ -5,3 +5,4 @@ from steps.console import *  # noqa: F401,F403
 from steps.compat import *  # noqa: F401,F403
 from steps.mobiusflow import *  # noqa: F401,F403
 from steps.neuroomnet import *  # noqa: F401,F403
+from steps.planktoscope import *  # noqa: F401,F403

@@ -115,3 +115,47 @@ Feature: Bad links and bad artifacts lose nothing
       | damage    |
       | truncated |
       | foreign   |
+
+  @target_planktoscope @destructive
+  Scenario Outline: A planktoscope bundle that is <damage> is refused before the unit is touched
+    Given a planktoscope unit running v2024.0.0 reached over http
+    And I back up the unit
+    And the backup file is <damage>
+    When I restore the edited backup onto the unit
+    Then the restore is refused as bad input
+    And the unit's memory is unchanged
+
+    Examples:
+      | damage    |
+      | truncated |
+      | foreign   |
+
+  @target_planktoscope @destructive
+  Scenario Outline: A planktoscope bundle with <damage> is refused before the unit is touched
+    Given a planktoscope unit running v2024.0.0 reached over http
+    And I back up the unit
+    And the bundle is damaged: <damage>
+    When I restore the edited backup onto the unit
+    Then the restore is refused as bad input before anything is uploaded
+    And the unit's memory is unchanged
+
+    Examples:
+      | damage                     |
+      | an image altered           |
+      | a path escaping its folder |
+      | a zip bomb                 |
+
+  @target_planktoscope @sim_only
+  Scenario: A dataset that fails its integrity check is backed up but not restored without force
+    Given a planktoscope unit running v2024.0.0 reached over http
+    And an image of a dataset on the unit is corrupted
+    When I back up the unit
+    Then the backup is flagged "fails its integrity.check"
+    When I try to restore the backup
+    Then the restore is refused because "HZ-20"
+
+  @target_planktoscope @sim_only
+  Scenario: A white balance out of range kills the imager after the reboot
+    Given a planktoscope unit running v2024.0.0 reached over http
+    And the white balance is set to red 40 on the dashboard and the unit reboots
+    Then the imager reports Dead

@@ -97,3 +97,56 @@ Feature: Restoring a backup onto a unit
     And a backup of another neuroomnet unit running 4.2.0
     When I force the restore of that backup onto the unit
     Then the unit's settings equal the backup except the device ID
+
+  @target_planktoscope
+  Scenario Outline: Restore a backup onto a planktoscope unit at <version> over <link>
+    Given a planktoscope unit running <version> reached over <link>
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    When I restore the backup
+    Then the restore reports every field restored
+    And the unit's settings equal the backup
+    And the unit rebooted and its imager is healthy
+
+    Examples:
+      | version   | link |
+      | v2024.0.0 | http |
+      | v2.3      | ssh  |
+      | v2026     | ssh  |
+
+  @target_planktoscope @sim_only
+  Scenario Outline: Lost datasets come back from the bundle on <version> over <link>
+    Given a planktoscope unit running <version> reached over <link>
+    And I back up the unit
+    And the unit's datasets are deleted
+    When I restore the backup
+    Then every dataset of the backup is on the unit again and passes its integrity check
+    And the restore warns "HZ-19"
+
+    Examples:
+      | version   | link |
+      | v2023.9.0 | http |
+      | v2026     | http |
+      | v2.3      | ssh  |
+
+  @target_planktoscope @sim_only
+  Scenario: A dashboard save between the upload and the reboot is reported as clobbering
+    Given a planktoscope unit running v2025.0.0/v2.6 reached over http
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    And a dashboard save of the white balance happens before the reboot
+    When I restore the backup
+    Then the restore warns "HZ-18"
+
+  @target_planktoscope @sim_only
+  Scenario: Choosing the hardware version after a restore replaces the restored hardware.json
+    Given a planktoscope unit running v2024.0.0/v2.6 reached over http
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    And the hardware version 2.6 is selected on the dashboard before the reboot
+    When I restore the backup
+    Then the restore warns "HZ-09"
+    And the restore warns "HZ-18: /home/pi/PlanktoScope/hardware.json changed"

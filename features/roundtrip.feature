@@ -50,3 +50,31 @@ Feature: A backup brings the unit back
       | 4.0.2   |
       | 4.2.0   |
       | 5.0.0   |
+
+  @target_planktoscope
+  Scenario Outline: Round trip on planktoscope at <version> over <link>
+    Given a planktoscope unit running <version> reached over <link>
+    And the unit has a distinctive calibration
+    When I back up the unit
+    And the unit's settings are changed
+    And I restore the backup
+    Then a new backup equals the first, field by field
+
+    Examples:
+      | version   | link |
+      | v2023.9.0 | http |
+      | v2024.0.0 | http |
+      | v2025.0.0 | http |
+      | v2.3      | ssh  |
+      | v2023.9.0 | ssh  |
+      | v2024.0.0 | ssh  |
+      | v2025.0.0 | ssh  |
+      | v2026     | ssh  |
+
+  @target_planktoscope @sim_only
+  Scenario: Datasets round trip on a v2026 planktoscope over HTTP
+    Given a planktoscope unit running v2026 reached over http
+    When I back up the unit
+    And the unit's datasets are deleted
+    And I restore the backup
+    Then a new backup equals the first, field by field

@@ -10,6 +10,7 @@ refused, or a field that came back different). Pairs run in parallel, each on si
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -89,14 +90,18 @@ class _Units:
         return self.target.driver(proc.address, username=self.username, password=self.password)
 
 
-def _compare(target: Target, source: Path, restored: Path, rule: CompatRule) -> str | None:
-    """None if every field both versions have came back equal; else the first differences."""
+def _compare(target: Target, source: Path, restored: Path, rule: CompatRule, src: CompatVersion,
+             dst: CompatVersion) -> str | None:
+    """None if the unit holds what the backup should become on ``dst``; else the first differences."""
     a = target.fields(load_artifact(source, target.name)[1])
     b = target.fields(load_artifact(restored, target.name)[1])
+    rules = target.compare_rules
     if rule.kind == "migrate":
+        a = target.migrate_fields(a, src, dst)
         b = {k: v for k, v in b.items() if k in a}
         a = {k: v for k, v in a.items() if k in b}
-    result = diff(a, b, target.compare_rules)
+        rules = dataclasses.replace(rules, ignore=rules.ignore + rule.ignore)
+    result = diff(a, b, rules)
     if result.equal:
         return None
     return "; ".join(str(d) for d in result.differences[:3]) + (
@@ -135,7 +140,7 @@ def run_cell(target: Target, source: CompatVersion, destination: CompatVersion, 
                     except HarnessError as exc:
                         refusal(exc, "update and restore")
                         return cell
-                    _judge(cell, rule, report, _compare(target, artifact, readback, rule))
+                    _judge(cell, rule, report, _compare(target, artifact, readback, rule, source, destination))
                     return cell
         with units.unit(destination, "destination") as dst, units.driver(dst) as driver:
             try:
@@ -145,7 +150,7 @@ def run_cell(target: Target, source: CompatVersion, destination: CompatVersion, 
             except HarnessError as exc:
                 refusal(exc, "restore")
                 return cell
-            _judge(cell, rule, report, _compare(target, artifact, readback, rule))
+            _judge(cell, rule, report, _compare(target, artifact, readback, rule, source, destination))
             return cell
     except HarnessError as exc:  # a simulator that would not start, a link error: the cell failed
         cell.detail = f"harness error: {exc}"

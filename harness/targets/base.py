@@ -91,6 +91,10 @@ class CompatRule:
     reason: str = ""
     dropped: tuple[str, ...] = ()  # fields of the backup the destination lacks
     added: tuple[str, ...] = ()  # fields of the destination the backup lacks
+    converted: tuple[str, ...] = ()  # fields whose name or value a migration converts (migrate_fields)
+    # Field globs a migration rewrites by design (a schema version, a digest over converted rows); the
+    # matrix does not compare them for this pair. Say why in the target's versions.py.
+    ignore: tuple[str, ...] = ()
 
 
 class Driver(ABC):
@@ -171,6 +175,13 @@ class Target(ABC):
     def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
         """The declared rule for restoring a backup made at ``source`` onto ``destination``."""
         raise NotImplementedError(f"{self.name}: no compatibility rules declared")
+
+    def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
+                       destination: CompatVersion) -> dict[str, Any]:
+        """What a backup's field view becomes once migrated onto ``destination``: renamed and converted
+        fields as the target's rules declare them. The matrix compares the unit's read-back to this.
+        Default: names and values unchanged (fields missing on one side are dropped/added, not compared)."""
+        return fields
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         """Non-default settings, different for every seed, in the field view of ``fields``."""

@@ -386,6 +386,7 @@ def build_fresh_disk(path: Path, profile: Profile, *, device_id: str, version: s
     now = now or dt.datetime.now(dt.UTC)
     store = DataStore(disk, region(regions, "data"))
     store.format(device_id, int(now.timestamp() * 1000))
+    store.write_settings({**SETTINGS_DEFAULTS, "last_clean_unix": str(int(now.timestamp()))})
     count = profile.measurements if measurements is None else measurements
     start_ms = int(now.timestamp() * 1000) - count * 3_600_000
     for i in range(count):

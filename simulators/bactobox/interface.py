@@ -80,6 +80,7 @@ class BactoBoxSimulator(HttpSimulator):
         self.device = BactoBox(self.state_dir, version=options.firmware, profile=options.profile,
                                device_id=options.device_id, clock=self.clock, faults=self.faults)
         self._boot_gen = 0
+        self.unavailable = self._starting()  # from the moment the listener opens until services are up
 
     # -- HttpSimulator ----------------------------------------------------------------------------------
 
@@ -94,7 +95,13 @@ class BactoBoxSimulator(HttpSimulator):
                           "retryable": status in (429, 502, 503, 504)}}
         return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
+    def _starting(self, seconds: int = 1) -> Response:
+        return self.error_response(503, "starting", f"The BactoBox is starting. Try again in {max(1, seconds)} "
+                                                    f"seconds.", {"Retry-After": str(seconds)})
+
     def on_boot(self) -> None:
+        # The gate was closed before the listener opened (on_shutdown, __init__): 503 until services are up.
+        self.unavailable = self._starting()
         slot = self.faults.get("slot_unbootable")
         attempts = self.device.boot(unbootable=slot["slot"] if slot else None)
         slow = self.faults.get("slow_boot")
@@ -107,11 +114,9 @@ class BactoBoxSimulator(HttpSimulator):
         gen = self._boot_gen
         if starting <= 0:
             self.device.confirm_boot()
+            self.unavailable = None
             return
-        retry = max(0, round(starting))
-        self.unavailable = self.error_response(
-            503, "starting", f"The BactoBox is starting. Try again in {max(1, retry)} seconds.",
-            {"Retry-After": str(retry)})
+        self.unavailable = self._starting(max(0, round(starting)))
 
         def services_up() -> None:
             time.sleep(starting)
@@ -122,7 +127,10 @@ class BactoBoxSimulator(HttpSimulator):
         threading.Thread(target=services_up, name="bactobox services", daemon=True).start()
 
     def on_shutdown(self) -> None:
+        # The listener is closed now; when it opens again the unit is booting, not serving (no window in
+        # which the old boot's state could answer).
         self._boot_gen += 1
+        self.unavailable = self._starting()
         self.device.shutdown()
 
     def stop(self) -> None:

@@ -464,11 +464,11 @@ class Node:
             "summaryDigest": self.content.summary_digest(self.hub_id), "lastRestore": last,
         }
 
-    def busy_check(self, what: str) -> None:
+    def busy_check(self, what: str, own_job: str | None = None) -> None:
         if self.state == "restoring" or (self.restore_dir / "instruction.json").exists():
             raise NodeError(409, "restore_pending", "A restore is staged and the node is about to reboot.")
         job = self.jobs.running()
-        if job is not None:
+        if job is not None and job["jobId"] != own_job:
             raise NodeError(409, "job_running",
                             f"A {job['kind']} job is running ({job['jobId']}). Wait for it to finish.")
 
@@ -477,7 +477,7 @@ class Node:
     def make_backup(self, name: str | None, kind: str, job_id: str | None = None) -> tuple[bytes, str, dict[str, Any]]:
         """(zip bytes, file name, manifest JSON). Flushes persisted values first on 3.x full backups."""
         with self.lock:
-            self.busy_check("backup")
+            self.busy_check("backup", own_job=job_id)
             if kind not in ("full", "config"):
                 raise NodeError(400, "invalid_request", "kind must be full or config.")
             if self.generation == 1:

@@ -265,7 +265,10 @@ class NeuroomNetServer:
         rel = release(version)
         prof = profiles.profile(profile_name)
         server_id = server_id or f"srv-{secrets.token_hex(4)}"
-        now = self.iso()
+        try:
+            now = self.iso(dt.datetime.now(ZoneInfo(time_zone)))  # the meta row with the zone comes below
+        except Exception:  # noqa: BLE001 - no tz database: UTC
+            now = self.iso(dt.datetime.now(dt.UTC))
         with self._tx() as c:
             c.execute(f"PRAGMA application_id = {APP_ID_LIVE}")
             cfg.create_config_tables(c, 17)

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.compare import flatten
 from harness.errors import BadInput, CheckFailed, DeviceError, LinkError, Refused
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.artifact import created_at, forget, remember, verified_gmi
+from harness.targets.bactobox.artifact import created_at, forget, gmi_fields, remember, verified_gmi
 from harness.targets.bactobox.gmi import GmiInfo
 from harness.targets.bactobox.versions import restore_verdict
 from harness.targets.base import Artifact, Backup, DeviceInfo, Driver, RestoreReport
@@ -350,8 +351,9 @@ class BactoboxDriver(Driver):
             raise self._op_error(op, "restore")
         after = self._restart(plan.unit.get("boot", {}).get("boot_id"))
         self._verify_after_restart(m, after)
+        # A GMI is the whole unit: every field of its field view is now on the unit (read back above).
         report = RestoreReport(
-            restored=[p.name for p in m.parts],
+            restored=sorted(k for k, _ in flatten(gmi_fields(info)) if k != "created"),
             not_carried=["device identity and factory data (SPI flash)", "real-time clock",
                          "disk space after the last partition"],
             notes=plan.notes + [f"the unit now runs {after.get('software_version')} from "

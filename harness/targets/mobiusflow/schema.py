@@ -230,7 +230,8 @@ def build_mpv(mpv: MpvFile) -> bytes:
             mask |= 1 << (priority - 1)
             st, sraw = encode_value(r.slots[priority])
             slots.append({"slot_type": st, "slot_len": len(sraw), "value": sraw})
-        built.append({**base, "updated_unix_ms": r.updated_unix_ms or mpv.persisted_at_unix_ms,
+        built.append({**base, "updated_unix_ms": mpv.persisted_at_unix_ms if r.updated_unix_ms is None
+                      else r.updated_unix_ms,
                       "priority_mask": mask, "slots": slots})
     body = MpvBody.build({
         "header": {"layout_version": mpv.layout_version, "hub_id": mpv.hub_id, "sid": mpv.sid,

@@ -246,8 +246,8 @@ def load_bundle(path: Path) -> Bundle:
             check_entry_name(info.filename)
             if info.filename in names:
                 raise BadInput(f"{path.name}: entry {info.filename} appears twice")
-            mode = info.external_attr >> 16
-            if mode and not stat.S_ISREG(mode):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: the writer recorded no file type
+            if kind and kind != stat.S_IFREG or info.is_dir():
                 raise BadInput(f"{path.name}: entry {info.filename} is not a regular file (link or device)")
             if info.file_size > MAX_ENTRY:
                 raise BadInput(f"{path.name}: entry {info.filename} claims {info.file_size} bytes")

@@ -342,7 +342,7 @@ class PlanktoscopeDriver(Driver):
         if response.status_code != 200 or "Index of" not in response.text:
             raise DeviceError(f"{self.http_base}: /{rel}/ is not a directory index")
         out = []
-        for match in re.finditer(r'<a href="([^"]+)">[^<]*</a>\s+\S+ \S+\s+(-|\d+)', response.text):
+        for match in re.finditer(r'<a href="([^"]+)">[^<]*</a> +\S+ \S+ +(-|\d+)', response.text):
             name = urllib.parse.unquote(html.unescape(match.group(1)))
             if name in ("../", "./"):
                 continue
@@ -521,8 +521,12 @@ class PlanktoscopeDriver(Driver):
                           f"IDs differ (--force restores it anyway)")
         settings_files = {f.device_path: data.read(f.bundle_path) for f in data.settings
                           if f.device_path in (HARDWARE_PATH, CONFIG_PATH, CALIBRATION_PATH)}
-        hw = data.settings_file(HARDWARE_PATH)
-        is_default = bool(hw.recognised.get("is_default")) if hw is not None and hw.recognised else None
+        is_default = None
+        if HARDWARE_PATH in settings_files:  # recomputed: the manifest's own claim is not trusted
+            try:
+                is_default = schema.recognise(schema.HARDWARE, settings_files[HARDWARE_PATH]).is_default
+            except BadInput:
+                is_default = False
         plan = plan_settings(settings_files, src_release=data.release,
                              src_hardware_version=data.source.get("hardware_version"),
                              unit=self._unit_settings(unit), hardware_is_default=is_default)
@@ -552,7 +556,6 @@ class PlanktoscopeDriver(Driver):
             forcible = all(r.forcible for r in refusals)
             hint = " (--force overrides)" if forcible else ""
             raise Refused("restore refused: " + "; ".join(str(r) for r in refusals) + hint)
-        del refused_datasets[:0]
         notes += plan.warnings(force)
         return RestorePlan(artifact, data, unit, plan, datasets, refused_datasets, notes, force)
 

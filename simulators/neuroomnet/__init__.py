@@ -1,0 +1,1 @@
+"""Simulated NeuroomNet server: device.py (state), migrate.py, profiles.py, interface.py (HTTP API)."""
