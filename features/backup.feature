@@ -91,3 +91,27 @@ Feature: Backing up a unit
       | version | reason                                        |
       | v2.3    | v2.3 has no file browser                      |
       | v2026   | on v2026 /admin/fs redirects to Cockpit       |
+
+  @target_bactobox
+  Scenario Outline: Back up a bactobox unit at <version> to a GMI file
+    Given a bactobox unit running <version> reached through http
+    And the unit has a distinctive calibration
+    When I back up the unit
+    Then the backup is filed under the unit's ID with a manifest
+    And the backup verifies
+    And the backup holds the unit's calibration
+    And the backup is named as Access names it
+
+    Examples:
+      | version |
+      | 2.6.3   |
+      | 2.2.0   |
+
+  @target_bactobox
+  Scenario: A bactobox backup is refused while a program runs
+    Given a bactobox unit running 2.6.3
+    And the Measure program is running on the unit
+    When I try to back up the unit
+    Then the backup is refused because "program_running"
+    And no backup is filed
+    And the unit started no backup

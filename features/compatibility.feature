@@ -22,3 +22,19 @@ Feature: A backup made under one version restores onto another as the target dec
       | multispeq | 1.15 (E)   |
       | multispeq | 1.17 (E)   |
       | multispeq | 1.19 (F)   |
+
+    @target_neuroomnet
+    Examples:
+      | target     | source |
+      | neuroomnet | 3.9.4  |
+      | neuroomnet | 4.0.2  |
+      | neuroomnet | 4.2.0  |
+      | neuroomnet | 5.0.0  |
+
+    @target_mobiusflow
+    Examples:
+      | target     | source |
+      | mobiusflow | 1.16.4 |
+      | mobiusflow | 1.19.1 |
+      | mobiusflow | 3004   |
+      | mobiusflow | 3021   |

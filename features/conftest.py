@@ -6,3 +6,4 @@ from steps.compat import *  # noqa: F401,F403
 from steps.mobiusflow import *  # noqa: F401,F403
 from steps.neuroomnet import *  # noqa: F401,F403
 from steps.planktoscope import *  # noqa: F401,F403
+from steps.bactobox import *  # noqa: F401,F403

@@ -73,7 +73,7 @@ Feature: Bad links and bad artifacts lose nothing
     And I back up the unit
     And the unit's settings are changed
     And the unit's restore fails at "Writing node configuration"
-    When I try to restore the backup
+    When I restore the backup onto the failing unit
     Then the restore fails with a device error that mentions "restore rolled back"
     And the unit's memory is unchanged
 
@@ -159,3 +159,29 @@ Feature: Bad links and bad artifacts lose nothing
     Given a planktoscope unit running v2024.0.0 reached over http
     And the white balance is set to red 40 on the dashboard and the unit reboots
     Then the imager reports Dead
+
+  @target_bactobox @destructive
+  Scenario Outline: A <damage> GMI is refused before the bactobox is touched
+    Given a bactobox unit running 2.6.3
+    And I back up the unit
+    And the backup file is <damage>
+    When I restore the edited backup onto the unit
+    Then the restore is refused as bad input
+    And the unit's memory is unchanged
+
+    Examples:
+      | damage    |
+      | truncated |
+      | foreign   |
+
+  @target_bactobox @destructive @sim_only
+  Scenario: A power cut in the middle of a restore is detected and a second restore succeeds
+    Given a bactobox unit running 2.6.3
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    When the power is cut in the middle of restoring the backup
+    And the unit is powered on again
+    Then the unit reports an incomplete restore
+    When I restore the backup
+    Then a new backup equals the first, field by field

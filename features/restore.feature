@@ -150,3 +150,21 @@ Feature: Restoring a backup onto a unit
     When I restore the backup
     Then the restore warns "HZ-09"
     And the restore warns "HZ-18: /home/pi/PlanktoScope/hardware.json changed"
+
+  @target_bactobox
+  Scenario: Restore a GMI onto a bactobox unit
+    Given a bactobox unit running 2.6.3 reached through http
+    And the unit has a distinctive calibration
+    And I back up the unit
+    And the unit's settings are changed
+    When I restore the backup
+    Then the restore reports every field restored
+    And the unit's settings equal the backup
+
+  @target_bactobox
+  Scenario: A GMI made on another bactobox is refused and nothing is written
+    Given a bactobox unit running 2.6.3
+    And a GMI made on another bactobox unit
+    When I restore that backup onto the unit
+    Then the restore is refused because the device IDs differ
+    And the unit's memory is unchanged

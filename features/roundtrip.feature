@@ -78,3 +78,20 @@ Feature: A backup brings the unit back
     And the unit's datasets are deleted
     And I restore the backup
     Then a new backup equals the first, field by field
+
+  @target_bactobox
+  Scenario Outline: Round trip on bactobox at <version>: every partition and the software version come back
+    Given a bactobox unit running <version> reached through http
+    And the unit has a distinctive calibration
+    When I back up the unit
+    And the unit's settings are changed
+    And the unit takes a measurement
+    And the firmware is flashed to <update> without a backup
+    And I restore the backup
+    Then a new backup equals the first, field by field
+    And the unit runs <version> again
+
+    Examples:
+      | version | update |
+      | 2.6.3   | 2.2.0  |
+      | 2.2.0   | 2.6.3  |

@@ -149,6 +149,7 @@ class Resolved:
     spec: DeviceSpec
     pid: int | None = None
     state: Path | None = None
+    ssh: str | None = None  # a second address for SSH/SFTP, from the bench or the simulator's JSON line
 
     @property
     def username(self) -> str | None:
@@ -247,6 +248,7 @@ class Bench:
                     "target": spec.target,
                     "pid": proc.pid,
                     "address": proc.address,
+                    "ssh": proc.info.get("ssh"),
                     "control": proc.control,
                     "device_id": proc.info.get("device_id"),
                     "firmware": proc.info.get("firmware"),
@@ -287,13 +289,13 @@ class Bench:
         spec = self.spec(name)
         if spec.sim is None:
             assert spec.address is not None
-            return Resolved(spec.address, None, spec)
+            return Resolved(spec.address, None, spec, ssh=spec.ssh)
         record = self._read_records().get(name)
         if record is None or not _alive(record):
             raise DeviceError(f"simulator {name!r} of {self.path} is not running: "
                               f"start it with `harness sim up --bench {self.path}`")
         return Resolved(record["address"], record.get("control"), spec, pid=record["pid"],
-                        state=Path(record["state"]))
+                        state=Path(record["state"]), ssh=record.get("ssh"))
 
     @contextlib.contextmanager
     def device(self, name: str) -> Iterator[Resolved]:
@@ -311,7 +313,8 @@ class Bench:
 
         proc = start_simulator(self.sim_options(spec))
         try:
-            yield Resolved(proc.address, proc.control, spec, pid=proc.pid, state=spec.sim.state)
+            yield Resolved(proc.address, proc.control, spec, pid=proc.pid, state=spec.sim.state,
+                           ssh=proc.info.get("ssh"))
         finally:
             proc.stop()
             if spec.credentials is not None and spec.credentials.password_file is None:

@@ -53,6 +53,9 @@ class Connection:
 @contextmanager
 def connect(args: argparse.Namespace, progress) -> Iterator[Connection]:
     """Open a driver on DEVICE (from the bench) or on --target/--address; a bench sim is started if down."""
+    from harness.operations import open_driver
+
+    ssh = getattr(args, "ssh", None)
     if getattr(args, "device", None):
         from harness.bench import load_bench
 
@@ -60,10 +63,10 @@ def connect(args: argparse.Namespace, progress) -> Iterator[Connection]:
         with bench.device(args.device) as resolved:
             spec = resolved.spec
             target = get_target(spec.target)
-            username = args.username or spec.username
             password = _read_password(args.password_file) if args.password_file else spec.password()
-            driver = target.driver(resolved.address, username=username, password=password,
-                                   progress=progress)
+            driver = open_driver(target, resolved.address, username=args.username or spec.username,
+                                 password=password, progress=progress, ssh=ssh or resolved.ssh,
+                                 control=resolved.control)
             try:
                 yield Connection(driver, target, resolved.address, resolved.control)
             finally:
@@ -72,10 +75,12 @@ def connect(args: argparse.Namespace, progress) -> Iterator[Connection]:
     if not (args.target and args.address):
         raise BadInput("name a bench DEVICE, or give both --target and --address")
     target = get_target(args.target)
-    driver = target.driver(args.address, username=args.username,
-                           password=_read_password(args.password_file), progress=progress)
+    control = getattr(args, "control", None)
+    driver = open_driver(target, args.address, username=args.username,
+                         password=_read_password(args.password_file), progress=progress, ssh=ssh,
+                         control=control)
     try:
-        yield Connection(driver, target, args.address, getattr(args, "control", None))
+        yield Connection(driver, target, args.address, control)
     finally:
         driver.close()
 
@@ -311,6 +316,8 @@ def _add_device_args(p: argparse.ArgumentParser, *, device_required: bool = Fals
     p.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="bench file (default: %(default)s)")
     p.add_argument("--target", choices=available_targets(), help="target, with --address, for a unit not in a bench")
     p.add_argument("--address", help="pty path, pyserial URL, ASRL…::INSTR, TCPIP…::SOCKET or https URL")
+    p.add_argument("--ssh", help="second address for SSH/SFTP, ssh://[user@]HOST[:PORT] (PlanktoScope settings)")
+    p.add_argument("--control", help="a simulator's control-plane URL (lets a restore reboot it)")
     p.add_argument("--username")
     p.add_argument("--password-file", type=Path, help="file holding the password (never on the command line)")
     p.add_argument("--store", type=Path, default=_default_store(),
@@ -361,7 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(p)
     p.add_argument("--firmware", required=True)
     p.add_argument("--profile")
-    p.add_argument("--control", help="control plane URL, with --target/--address")
     p.set_defaults(func=cmd_firmware_update)
 
     p = sub.add_parser("verify", help="check an artifact: schema, checksums, manifest")

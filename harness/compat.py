@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.compare import diff
 from harness.errors import HarnessError
-from harness.operations import backup_to_store, firmware_update, load_artifact, restore_from
+from harness.operations import backup_to_store, firmware_update, load_artifact, open_driver, restore_from
 from harness.store import Store
 from harness.targets.base import CompatRule, CompatVersion, Target
 
@@ -87,7 +87,8 @@ class _Units:
             yield proc
 
     def driver(self, proc):
-        return self.target.driver(proc.address, username=self.username, password=self.password)
+        return open_driver(self.target, proc.address, username=self.username, password=self.password,
+                           ssh=proc.info.get("ssh"), control=proc.control)
 
 
 def _compare(target: Target, source: Path, restored: Path, rule: CompatRule, src: CompatVersion,

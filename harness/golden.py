@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.operations import backup_to_store
+from harness.operations import backup_to_store, open_driver
 from harness.store import Store
 from harness.targets import available_targets, get_target
 from harness.targets.base import CompatVersion, Target
@@ -50,8 +50,9 @@ def write_golden(target: Target, outdir: Path, device_id: str | None) -> list[di
             options = SimOptions(target=target.name, state=Path(tmp) / f"unit{i}", firmware=version.version,
                                  profile=version.profile, device_id=device_id, username="golden",
                                  password_file=pw_file)
-            with start_simulator(options) as sim, target.driver(sim.address, username="golden",
-                                                                 password=password) as driver:
+            with start_simulator(options) as sim, open_driver(
+                    target, sim.address, username="golden", password=password, ssh=sim.info.get("ssh"),
+                    control=sim.control) as driver:
                 try:
                     driver.apply_settings(target.distinctive_settings(driver.identify(), SEED))
                     stored = backup_to_store(driver, target, Store(Path(tmp) / "store"), address="golden")

@@ -56,6 +56,24 @@ def load_artifact(path: Path, hint: str | None = None) -> tuple[Target, Artifact
     return target, artifact
 
 
+def open_driver(target: Target, address: str, *, username: str | None = None, password: str | None = None,
+                progress=None, ssh: str | None = None, control: str | None = None) -> Driver:
+    """Build a target's driver. Optional capabilities go only to drivers that take them: a second ``ssh``
+    address (PlanktoScope settings over SFTP), and on a simulator a ``reboot`` through its control plane
+    (a real unit is rebooted by its own means; the driver then says so in its report)."""
+    kwargs: dict = {"username": username, "password": password}
+    if progress is not None:
+        kwargs["progress"] = progress
+    params = inspect.signature(target.driver.__init__).parameters
+    if ssh and "ssh" in params:
+        kwargs["ssh"] = ssh
+    if control and "reboot" in params:
+        from harness.simctl import SimControl
+
+        kwargs["reboot"] = SimControl(control).reset
+    return target.driver(address, **kwargs)
+
+
 def backup_to_store(driver: Driver, target: Target, store: Store, *, address: str,
                     reason: str = "manual") -> Path:
     backup = driver.backup(reason=reason)

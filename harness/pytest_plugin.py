@@ -92,6 +92,7 @@ class Unit:
     password: str | None = None
     process: object | None = None  # simulators.core.process.SimProcess for simulated units
     transport: str = "serial"
+    ssh: str | None = None  # a second address (SSH/SFTP), used when the scenario's transport is "ssh"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -102,10 +103,12 @@ class Unit:
         return self.address
 
     def driver(self, progress: ProgressFn = no_progress) -> Driver:
+        from harness.operations import open_driver
         from harness.targets import get_target
 
-        return get_target(self.target).driver(self.link_address, username=self.username,
-                                              password=self.password, progress=progress)
+        return open_driver(get_target(self.target), self.link_address, username=self.username,
+                           password=self.password, progress=progress,
+                           ssh=self.ssh if self.transport == "ssh" else None, control=self.control)
 
 
 UnitFactory = Callable[..., Unit]
@@ -145,7 +148,7 @@ def unit_factory(bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Un
             started.append(proc)
             return Unit(target=target, firmware=firmware, address=proc.address, control=proc.control,
                         device_id=proc.info.get("device_id"), username=spec.username,
-                        password=spec.password(), process=proc)
+                        password=spec.password(), process=proc, ssh=proc.info.get("ssh"))
         real = [s for s in specs if s.firmware == firmware]
         if not real:
             pytest.skip(f"the bench's {target} units run {', '.join(s.firmware for s in specs)}, "
@@ -155,7 +158,7 @@ def unit_factory(bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Un
             pytest.skip(f"the scenario needs a second {target} unit at {firmware}")
         spec = real[index]
         return Unit(target=target, firmware=firmware, address=spec.address, username=spec.username,
-                    password=spec.password())
+                    password=spec.password(), ssh=spec.ssh)
 
     yield make
     for proc in started:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.compare import diff
-from harness.operations import backup_to_store, load_artifact, restore_from
+from harness.operations import backup_to_store, load_artifact, open_driver, restore_from
 from harness.store import Store
 from harness.targets import available_targets, get_target
 from simulators.core.options import SimOptions
@@ -59,8 +59,8 @@ def test_golden_reads_and_restores(tmp_path: Path, target_name: str, device_id: 
                          profile=entry["profile"], device_id=device_id, username="golden",
                          password_file=tmp_path / "pw")
     store = Store(tmp_path / "store")
-    with start_simulator(options) as sim, target.driver(sim.address, username="golden",
-                                                       password=password) as driver:
+    with start_simulator(options) as sim, open_driver(target, sim.address, username="golden", password=password,
+                                                      ssh=sim.info.get("ssh"), control=sim.control) as driver:
         restore_from(driver, target, path, store, address=sim.address)
         readback = backup_to_store(driver, target, store, address=sim.address)
     result = diff(target.fields(artifact), target.fields(load_artifact(readback)[1]), target.compare_rules)

@@ -93,8 +93,9 @@ def restore_device_error(scenario: Scenario, text: str) -> None:
     assert text in str(error), str(error)
 
 
-@when("I try to restore the backup")
-def try_restore(scenario: Scenario) -> None:
+@when("I restore the backup onto the failing unit")
+def restore_onto_failing_unit(scenario: Scenario) -> None:
+    """Like "I restore the backup", but a device error is kept for the Then steps (after a baseline)."""
     _snapshot(scenario)
     with scenario.unit.driver() as driver:
         try:

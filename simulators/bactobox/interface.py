@@ -80,7 +80,7 @@ class BactoBoxSimulator(HttpSimulator):
         self.device = BactoBox(self.state_dir, version=options.firmware, profile=options.profile,
                                device_id=options.device_id, clock=self.clock, faults=self.faults)
         self._boot_gen = 0
-        self.unavailable = self._starting()  # from the moment the listener opens until services are up
+        self.unavailable: Response | None = self._starting()  # from the moment the listener opens until services are up
 
     # -- HttpSimulator ----------------------------------------------------------------------------------
 
@@ -95,7 +95,9 @@ class BactoBoxSimulator(HttpSimulator):
                           "retryable": status in (429, 502, 503, 504)}}
         return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
-    def _starting(self, seconds: int = 1) -> Response:
+    def _starting(self, seconds: int | None = None) -> Response:
+        if seconds is None:
+            seconds = max(0, round(self.device.real(P.SERVICES_START_S, P.FAST_SERVICES_START_S)))
         return self.error_response(503, "starting", f"The BactoBox is starting. Try again in {max(1, seconds)} "
                                                     f"seconds.", {"Retry-After": str(seconds)})
 

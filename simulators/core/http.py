@@ -317,7 +317,6 @@ class HttpSimulator(Simulator):
         # How many requests got each "not up" answer (502/503 while booting): evidence a client waited.
         self.unavailable_served: dict[int, int] = {}
         self._power_lock = threading.RLock()
-        self._booting = threading.Event()
 
     # -- to implement ---------------------------------------------------------------------------------
 
@@ -393,11 +392,7 @@ class HttpSimulator(Simulator):
             self.on_shutdown()
 
     def _boot(self) -> None:
-        self._booting.set()
-        try:
-            self.on_boot()
-        finally:
-            self._booting.clear()
+        self.on_boot()
 
     def reboot_down(self) -> float:
         return max(MIN_DOWN, self.clock.real(self.reboot_down_s))

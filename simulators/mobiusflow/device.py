@@ -62,7 +62,7 @@ from harness.targets.mobiusflow.versions import (
     verdict,
     version_key,
 )
-from simulators.mobiusflow.profiles import check_profile, default_value, seed_content
+from simulators.mobiusflow.profiles import check_profile, seed_content
 
 log = logging.getLogger(__name__)
 
@@ -759,4 +759,4 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
-__all__ = ["DEFAULT_HUB", "UPLOAD_LIMIT", "ApplyCrash", "Jobs", "Node", "NodeError", "default_value"]
+__all__ = ["DEFAULT_HUB", "UPLOAD_LIMIT", "ApplyCrash", "Jobs", "Node", "NodeError"]

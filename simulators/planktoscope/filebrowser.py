@@ -106,6 +106,7 @@ class FileBrowser:
         sig = hmac.new(self.device.jwt_secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
         token = f"{header}.{payload}.{_b64(sig)}"
         self._issued.add(token)
+        self._revoked.discard(token)  # the same claims in the same second sign to the same token again
         return token
 
     def expire_all(self) -> None:

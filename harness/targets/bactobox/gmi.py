@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from construct import ConstructError
 
@@ -779,7 +779,116 @@ def _why(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-__all__ = ["EntrySpec", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES", "MIMETYPE",
+
+
+# ------------------------------------------------------------------------------------ hashing alongside
+
+
+class GmiFollower:
+    """Hashes every part of a GMI while another writer is still streaming it to ``path`` (the download).
+
+    It follows the growing file from the page cache on a thread of its own (hashlib releases the GIL, so the
+    hashing overlaps the transfer instead of coming after it), parses it with ``GmiStreamReader`` and checks
+    each part's sha256 against the manifest at the end of the part, and the central directory against what
+    was streamed. ``finish(size)`` waits for it; ``result()`` raises BadInput on the first mismatch.
+    The writer may rename the file when it is done: the follower keeps its open descriptor.
+    """
+
+    def __init__(self, *paths: Path) -> None:
+        import threading
+
+        self.paths = [Path(p) for p in paths]  # where the writer's file may be, in order (part name, final)
+        self.path = self.paths[-1]
+        self.completed = False
+        self.manifest_bytes = b""
+        self.problems: list[str] = []
+        self.error: BaseException | None = None
+        self._part: tuple[ManifestPart, Any] | None = None
+        self._size: int | None = None
+        self._stop = threading.Event()
+        self._reader = GmiStreamReader(on_manifest=self._manifest, on_part_data=self._data,
+                                       on_part_end=self._end)
+        self._thread = threading.Thread(target=self._run, name=f"follow {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _manifest(self, raw: bytes) -> Manifest:
+        self.manifest_bytes = raw
+        return Manifest.from_json(raw)
+
+    def _data(self, name: str, view: memoryview) -> None:
+        if self._part is None or self._part[0].file != name:
+            assert self._reader.manifest is not None
+            part = next(p for p in self._reader.manifest.parts if p.file == name)
+            self._part = (part, hashlib.sha256())
+        self._part[1].update(view)
+
+    def _end(self, name: str) -> None:
+        if self._part is None:  # an empty part: nothing was hashed
+            assert self._reader.manifest is not None
+            part = next(p for p in self._reader.manifest.parts if p.file == name)
+            self._part = (part, hashlib.sha256())
+        part, digest = self._part
+        self._part = None
+        if part.encoding != "raw":
+            self.problems.append(f"{part.name} is {part.encoding}; followed GMIs must be raw")
+        elif digest.hexdigest() != part.sha256:
+            self.problems.append(f"{part.name} sha256 mismatch")
+
+    def _run(self) -> None:
+        fd = -1
+        try:
+            while fd < 0:
+                for candidate in self.paths:
+                    try:
+                        fd = os.open(candidate, os.O_RDONLY)
+                        break
+                    except FileNotFoundError:
+                        continue
+                if fd < 0 and self._stop.wait(0.002) and self._size is None:
+                    return
+            buf = bytearray(READ_CHUNK)
+            view = memoryview(buf)
+            pos = 0
+            while True:
+                size = os.fstat(fd).st_size
+                if size > pos:
+                    n = os.preadv(fd, [view[:min(size - pos, len(buf))]], pos)
+                    self._reader.feed(view[:n])
+                    pos += n
+                    continue
+                if self._size is not None and pos >= self._size:
+                    break
+                if self._stop.wait(0.002) and self._size is None:
+                    return  # abandoned: the download failed
+            self._reader.finish()
+            self.completed = True
+        except (GmiStreamError, BadInput, OSError, ConstructError) as exc:
+            self.error = exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def finish(self, size: int) -> None:
+        """The writer is done and wrote ``size`` bytes: read to the end, then stop."""
+        self._size = size
+        self._stop.set()
+        self._thread.join()
+
+    def abandon(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> str:
+        """sha256 of the manifest bytes; BadInput naming what did not match."""
+        if self.error is not None:
+            raise BadInput(f"{self.path.name}: not a valid GMI file ({self.error})")
+        if self.problems:
+            raise BadInput(f"{self.path.name}: local_gmi_corrupt: {'; '.join(self.problems)}")
+        if not self.completed:
+            raise BadInput(f"{self.path.name}: the file could not be followed to its end")
+        return hashlib.sha256(self.manifest_bytes).hexdigest()
+
+
+__all__ = ["EntrySpec", "GmiFollower", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES", "MIMETYPE",
            "ZipEntry", "ZipPlan", "dos_datetime", "gmi_entries", "inspect_gmi", "sha256_range", "stream_gmi",
            "verify_gmi", "write_gmi"]
-

@@ -13,11 +13,12 @@ from typing import Any
 
 from harness.compare import CompareRules
 from harness.errors import BadInput
-from harness.targets.base import Artifact, DeviceInfo, Target
+from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
 from harness.targets.mobiusflow.archive import ArchiveError, BackupArchive, read_backup
 from harness.targets.mobiusflow.driver import BACKUP_NAME, MobiusFlowDriver, distinctive_settings
 from harness.targets.mobiusflow.fields import artifact_fields
 from harness.targets.mobiusflow.schema import backup_file_name
+from harness.targets.mobiusflow.versions import TEMPLATES, VERSIONS, get_version, verdict
 
 
 def load_backup(path: Path) -> BackupArchive:
@@ -66,6 +67,36 @@ class MobiusFlowTarget(Target):
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         return distinctive_settings(device, seed)
+
+    # -- the compatibility matrix (spec §5) ----------------------------------------------------------------
+
+    def compat_versions(self) -> list[CompatVersion]:
+        return [CompatVersion(v) for v in VERSIONS]
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        # The matrix's units share one hub ID, and their objects use profiles that all have v3 templates.
+        pids = set(TEMPLATES)
+        src = get_version(source.version)
+        v = verdict(backup_format=src.writes, backup_version=src.version, backup_hub="00A1F3",
+                    backup_kind="full" if src.generation == 3 else "config", pids=pids,
+                    node_version=destination.version, node_hub="00A1F3")
+        if not v.restorable:
+            return CompatRule("refuse", f"{v.code}: {v.message}")
+        if v.kind == "as is":
+            return CompatRule("restore", "restored as is")
+        return CompatRule("migrate", "; ".join(v.changes))
+
+    def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
+                       destination: CompatVersion) -> dict[str, Any]:
+        """The backup's fields as the destination node reads them back after the §5 migration: its format,
+        version and kind; 1.x values are absent (services start at defaults), other fields keep their names."""
+        dst = get_version(destination.version)
+        out = {k: v for k, v in fields.items() if not (k.startswith("values.") and dst.generation == 3
+                                                       and get_version(source.version).generation == 1)}
+        out["format"] = dst.writes
+        out["source.version"] = dst.version
+        out["kind"] = "full" if dst.generation == 3 else "config"
+        return out
 
 
 TARGET = MobiusFlowTarget()

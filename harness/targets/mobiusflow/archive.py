@@ -31,7 +31,6 @@ from typing import IO, Any
 
 from harness.targets.mobiusflow.schema import (
     MANIFEST_NAME,
-    PRODUCT,
     Content,
     FileEntry,
     Manifest,
@@ -312,12 +311,3 @@ def content_from_files(fmt: str, files: dict[str, bytes]) -> Content:
     return Content(node=node, services=services, objects=objects, flows=flows,
                    profiles=profiles if fmt.startswith("3.") else None, profile_files=profile_files,
                    tags=tags if fmt.startswith("3.") else None, values=values)
-
-
-def is_mobiusflow_zip(path: Path) -> bool:
-    """Cheap sniff for target detection: a ZIP whose backup.json names the product."""
-    try:
-        with zipfile.ZipFile(path) as zf, zf.open(MANIFEST_NAME) as f:
-            return PRODUCT.encode() in f.read(4096)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError):
-        return False

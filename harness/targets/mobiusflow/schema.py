@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import re
 import struct
 import zlib
@@ -485,10 +484,6 @@ def check_content(content: Content, fmt: str) -> None:
             if mpv.layout_version != want:
                 raise SchemaError(f"values/{sid}.mpv has layout {mpv.layout_version}; format {fmt} uses {want}",
                                   "values_corrupt")
-
-
-def finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- file names (§3.1) -------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Facts and model: /work/shared/targets/neuroomnet.md; what the simulator speaks: docs/targets/neuroomnet.md.
 Pieces: schema.py (SQLite/WAL headers with construct, restorepoint.json), ziprecords.py (ZIP records, writer,
 strict reader), config.py (configuration tables, digests, field view), artifact.py (validating a ZIP),
-versions.py (compatibility rules), driver.py (the HTTP driver).
+versions.py (compatibility rules), migrate.py (what a migrated backup should read back as, from the spec),
+driver.py (the HTTP driver).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from harness.compare import CompareRules
 from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
 from harness.targets.neuroomnet.artifact import RestorePointZip, artifact_fields, load_artifact
 from harness.targets.neuroomnet.driver import NeuroomNetDriver
-from harness.targets.neuroomnet.versions import AS_IS, MIGRATE, RELEASES, rule
+from harness.targets.neuroomnet.migrate import declared_changes
+from harness.targets.neuroomnet.migrate import migrate_fields as _migrate_fields
+from harness.targets.neuroomnet.versions import AS_IS, MIGRATE, RELEASES, release, rule
 
 # What every backup or restore rewrites by design, so a round trip can never make it equal:
 COMPARE_IGNORE = (
@@ -81,12 +84,24 @@ class NeuroomNetTarget(Target):
         if verdict.verdict == AS_IS:
             return CompatRule("restore", "same configuration schema")
         if verdict.verdict == MIGRATE:
-            # A migration converts the rows to the newer schema: the schema number, the software version
-            # recorded with the configuration and the digest over the converted rows change by design;
-            # the rows themselves are compared by name.
+            src, dst = release(source.version), release(destination.version)
+            converted, added = declared_changes(src.config_schema, dst.config_schema)
+            # Not compared: config_digest. It hashes the raw rows of one schema (§3.5: column order, JSON
+            # cells as the server serialises them), and from 18 -> 20 on they hold values the backup cannot
+            # predict (every schedule gets the destination server's time zone, every user a password scheme
+            # the spec does not name): it changes by design. Everything else is compared: summary_digest must
+            # survive every migration (§3.5), migrate_fields predicts the recorded format, version and
+            # schema, and the converted rows are compared cell by cell. (files.config.sqlite.* is ignored
+            # for every pair: COMPARE_IGNORE.)
             return CompatRule("migrate", "schema " + " -> ".join(map(str, verdict.path)),
-                              ignore=("config_digest", "source.software_version", "source.config_schema"))
+                              converted=converted, added=added, ignore=("config_digest",))
         return CompatRule("refuse", f"{verdict.code}: {verdict.message}")
+
+    def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
+                       destination: CompatVersion) -> dict[str, Any]:
+        """The spec's migration rules on the field view (migrate.py): renamed rows, seconds -> ms, the
+        destination's recorded format/version/schema. Independent of the simulator's migration code."""
+        return _migrate_fields(fields, release(source.version), release(destination.version))
 
 
 TARGET = NeuroomNetTarget()

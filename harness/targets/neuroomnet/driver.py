@@ -355,7 +355,16 @@ class NeuroomNetDriver(Driver):
                                 json=body)
         for warning in answer.get("warnings") or []:
             report.notes.append(f"server warning: {warning}")
-        op = self._wait_op(answer["operation"]["id"], f"apply {rp_id}", restart=True)
+        try:
+            op = self._wait_op(answer["operation"]["id"], f"apply {rp_id}", restart=True)
+        except Refused as exc:
+            # Only the login after the restart can be refused here: the sessions ended with the restart and
+            # the restored users (§3.3, with their password hashes) no longer know this account (NN-F14).
+            # The configuration was replaced, so this is not a refusal "before anything was touched" (exit
+            # 2) but §6 step 9's login_failed_after_apply.
+            raise DeviceError(f"Apply of restore point {rp_id} went ahead, but user {self.username} cannot log in "
+                              f"with the restored configuration. Provide credentials that are valid in restore "
+                              f"point {rp_id} (login_failed_after_apply; {exc})") from None
         if before and self.instance_ids and self.instance_ids[-1] != before:
             report.restarted = True
         return op

@@ -46,7 +46,7 @@ from harness.targets.planktoscope import bundle as bundle_mod
 from harness.targets.planktoscope import integrity, schema, versionfile
 from harness.targets.planktoscope.bundle import Bundle, BundleWriter
 from harness.targets.planktoscope.fbclient import FileBrowserClient, Unavailable
-from harness.targets.planktoscope.formats import JS, NODE_RED, detect_style, dump, parse_object
+from harness.targets.planktoscope.formats import JS, NODE_RED, dump, parse_object
 from harness.targets.planktoscope.releases import (
     CALIBRATION_PATH,
     CONFIG_PATH,
@@ -366,19 +366,18 @@ class PlanktoscopeDriver(Driver):
         for pattern in self.dataset_patterns:
             parts = [p for p in pattern.strip("/").split("/") if p]
             level: list[tuple[str, bool]] = [("", True)]
-            for depth, part in enumerate(parts):
+            for part in parts:
                 nxt = []
                 for base, is_dir in level:
                     if not is_dir:
                         continue
-                    entries = self._list(base, channel) if base else self._list("", channel)
+                    entries = self._list(base, channel)
                     for name, child_dir, _ in entries or []:
                         if fnmatch.fnmatchcase(name, part):
                             nxt.append((f"{base}/{name}".lstrip("/"), child_dir))
                 level = nxt
                 if not level:
                     break
-                del depth
             for rel, is_dir in level:
                 found.setdefault(rel, is_dir)
         return sorted(found.items())
@@ -430,6 +429,8 @@ class PlanktoscopeDriver(Driver):
         else:
             warnings.append(f"settings not backed up: {unit.settings_reason}")
         datasets = self._backup_datasets(writer, unit, work, warnings)
+        for warning in warnings:
+            log.warning("%s: %s", unit.device_id, warning)  # the CLI shows these on stderr
         source = {"base_url": self.http_base or "", "ssh": self.ssh_url or "", "device_id": unit.device_id,
                   "release": unit.release, "release_evidence": unit.evidence,
                   "installer_versioning": unit.versioning, "git_version": unit.git_version,
@@ -766,5 +767,4 @@ def distinctive_settings(device: DeviceInfo, seed: int) -> dict[str, Any]:
     return values
 
 
-__all__ = ["PlanktoscopeDriver", "PlanktoscopeRestoreReport", "RestorePlan", "distinctive_settings",
-           "detect_style"]
+__all__ = ["PlanktoscopeDriver", "PlanktoscopeRestoreReport", "RestorePlan", "distinctive_settings"]

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import BadInput
 from harness.targets.planktoscope import presets
-from harness.targets.planktoscope.formats import detect_style, evidence, parse_object
+from harness.targets.planktoscope.formats import evidence, parse_object
 from harness.targets.planktoscope.releases import RELEASES, V2_3, V2023, V2024, V2025, V2026
 
 HARDWARE = "hardware"
@@ -327,15 +326,3 @@ def release_changes(kind: str, src: str, dst: str) -> ReleaseChange:
         pair = (RELEASES[min(n, n + step)], RELEASES[max(n, n + step)])
         notes += _NOTES.get(pair, ())
     return ReleaseChange(kind, added, removed, tuple(notes))
-
-
-def style_of(data: bytes):
-    """The writer style of a file (re-exported for migrations)."""
-    return detect_style(data)
-
-
-def require_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        return parse_object(data, what)
-    except BadInput:
-        raise

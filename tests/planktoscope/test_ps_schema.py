@@ -11,8 +11,24 @@ from hypothesis import strategies as st
 
 from harness.errors import BadInput
 from harness.targets.planktoscope import presets, schema
-from harness.targets.planktoscope.formats import JS, NODE_RED, PRESET, PYTHON, detect_style, dump, parse_object
-from harness.targets.planktoscope.releases import RELEASES, V2_3, V2023, V2024, V2025, V2026, canonical_release
+from harness.targets.planktoscope.formats import (
+    JS,
+    NODE_RED,
+    PRESET,
+    PYTHON,
+    detect_style,
+    dump,
+    parse_object,
+)
+from harness.targets.planktoscope.releases import (
+    RELEASES,
+    V2_3,
+    V2023,
+    V2024,
+    V2025,
+    V2026,
+    canonical_release,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "planktoscope"
 ALL_FILES = sorted(FIXTURES.glob("*/*.json"))

@@ -55,7 +55,10 @@ def test_filebrowser_era_surface(start_sim):
         assert "content" not in summed.json() and len(summed.json()["checksums"]["sha256"]) == 64
         assert c.get("/admin/fs/api/resources/etc/hostname?checksum=crc32", headers=h).status_code == 400
         assert c.get("/admin/fs/api/resources/etc/hostname", params={"auth": token}).status_code == 200
-        assert c.get("/admin/fs/api/resources/etc/hostname", cookies={"auth": token}).status_code == 200
+        c.cookies.set("auth", token)
+        assert c.get("/admin/fs/api/resources/etc/hostname").status_code == 200
+        assert c.post("/admin/fs/api/resources/home/pi/c.txt", content=b"x").status_code == 401  # GET only
+        c.cookies.clear()
         assert c.get("/admin/fs/api/resources/nope", headers=h).status_code == 404
         assert c.get("/admin/fs/api/search/x", headers=h).status_code == 404
         raw = c.get("/admin/fs/api/raw/home/pi/PlanktoScope/hardware.json", headers=h)

@@ -1,0 +1,264 @@
+"""The backup of the simulated BactoBox (bactobox.md §2.4): preparing pass, the one download, streamed.
+
+A mixin of ``BactoBox`` (device.py): it uses the device's lock, disk, clock and operation bookkeeping. The GMI
+is never stored: its layout is planned from the preparing pass (sizes, CRC-32s, manifest), and the bytes are
+produced from the disk image chunk by chunk as the client reads them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from harness.targets.bactobox import schema as S
+from harness.targets.bactobox.gmi import ZipPlan, gmi_entries, stream_gmi
+from simulators.bactobox import disk as D
+from simulators.bactobox import profiles as P
+from simulators.bactobox.operations import ApiRefusal, Operation, Pacer, iso
+from simulators.core.http_faults import InjectedDrop
+
+log = logging.getLogger(__name__)
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+class BackupMixin:
+    # -- backup ------------------------------------------------------------------------------------------
+
+    def file_name(self) -> str:
+        return f"backup-of-{self.device_id}-{self.now():%Y-%m-%d}.gmi"
+
+    def estimate(self) -> dict[str, Any]:
+        with self.lock:
+            if not self.regions:
+                raise ApiRefusal(409, "recovery_mode", "The BactoBox is in recovery mode after an incomplete "
+                                                       "restore. Restore a GMI file to continue.")
+            total = sum(r.size for r in self.regions)
+            usb = P.USB_BYTES_S * self.disk.size / P.NOMINAL_DISK_BYTES
+            read = P.DISK_READ_BYTES_S * self.disk.size / P.NOMINAL_DISK_BYTES
+            return {"estimated_size_bytes": total + 64 * 1024, "estimated_duration_s": int(total / read + total / usb),
+                    "format": self.version_info.writes_format if self.version_info else None}
+
+    def start_backup(self) -> tuple[Operation, str]:
+        with self.lock:
+            self._check_mutating("backup")
+            self._check_program("backup")
+            op = Operation("backup", now=self.now)
+            name = self.file_name()
+            op.extra.update(file_name=name, consumed=False, download=threading.Event(),
+                            created=self.now().replace(microsecond=0))
+            self.operation = op
+            op.log(f"Backup of {self.device_id} started (software {self.software_version})")
+            thread = threading.Thread(target=self._run_backup, args=(op,), name=f"backup {op.id}", daemon=True)
+            thread.start()
+            return op, name
+
+    def _run_backup(self, op: Operation) -> None:
+        try:
+            op.log("No program is running")
+            op.log("Stopping measurement services")
+            op.log("Freezing data partition")
+            self.frozen = True
+            regions = self.regions
+            op.log(f"Partition table: {len(regions) - 1} partitions, layout L2, disk {human_size(self.disk.size)}")
+            total = sum(r.size for r in regions)
+            pacer = Pacer(self.rate(P.DISK_READ_BYTES_S, "disk_read_mb_s"))
+            digests: dict[str, tuple[str, int]] = {}
+            done = 0
+            for i, r in enumerate(regions, start=1):
+                op.log(f"Hashing {r.name} ({i} of {len(regions)}, {human_size(r.size)})")
+                sha = hashlib.sha256()
+                crc = 0
+                for chunk in self.disk.chunks(r.offset, r.size):
+                    sha.update(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    done += len(chunk)
+                    pacer.advance(len(chunk))
+                    op.set_progress(5.0 * done / total, done=done, total=total, step=1, steps=6)
+                    if op.extra.get("powered_off"):
+                        return
+                digests[r.name] = (sha.hexdigest(), crc)
+            manifest = self._manifest(op, regions, digests)
+            manifest_bytes = manifest.to_json()
+            force64 = bool(self.faults and self.faults.get("force_zip64"))
+            plan = ZipPlan(gmi_entries(manifest_bytes, [(p, digests[p.name][1]) for p in manifest.parts]),
+                           modified=op.extra["created"], force_zip64=force64)
+            op.extra.update(plan=plan, manifest_bytes=manifest_bytes, digests=digests,
+                            manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), regions=regions)
+            name = op.extra["file_name"]
+            op.log(f"GMI ready: {name} ({human_size(plan.total_size)})")
+            op.set_state("ready")
+            op.set_progress(5.0, done=0, total=plan.total_size, step=2)
+            op.announce("artifact", {"url": f"/api/v1/operations/{op.id}/artifact", "file_name": name,
+                                     "size_bytes": plan.total_size})
+            op.log("Waiting for the download to begin")
+            timeout = self.timing.get("download_start_timeout_s")
+            if timeout is None:
+                # A timeout, not a delay: fast mode keeps the real 300 s (nothing waits on it unless it fires).
+                timeout = self.clock.real(P.DOWNLOAD_START_TIMEOUT_S) if self.clock.time_scale else \
+                    P.DOWNLOAD_START_TIMEOUT_S
+            if not op.extra["download"].wait(timeout):
+                with op.lock:
+                    if op.extra["consumed"]:
+                        return
+                    op.extra["consumed"] = True
+                self._finalize_backup(op)
+                op.fail("download_not_started", f"The download did not begin within "
+                                                f"{int(P.DOWNLOAD_START_TIMEOUT_S)} s.", line_prefix="Backup failed")
+                self._retire(op)
+        except Exception as exc:  # noqa: BLE001 - the operation reports it; the thread has nobody to raise to
+            log.exception("backup failed")
+            self._finalize_backup(op)
+            op.fail("write_error", f"The device could not read its storage ({exc}).", line_prefix="Backup failed")
+            self._retire(op)
+
+    def _manifest(self, op: Operation, regions: list[D.Region], digests: dict[str, tuple[str, int]]) -> S.Manifest:
+        env = D.read_env(self.disk, D.region(regions, "boot"))
+        values = env.current.values if env else {}
+        store = self._store()
+        sb = store.superblock()
+        last = None
+        if sb["record_count"]:
+            for rec in store.records(after_id=sb["next_record_id"] - 2, limit=1):
+                last = rec
+        parts = []
+        for r in regions:
+            parts.append(S.ManifestPart(
+                name=r.name, file=f"parts/{r.name}.img", start_lba=r.start_lba, size_bytes=r.size,
+                sha256=digests[r.name][0], mbr_index=r.mbr_index,
+                type=f"0x{r.type:02x}" if r.type is not None else None))
+        signature = int.from_bytes(self.disk.read(440, 4), "little")
+        info = self.version_info
+        return S.Manifest(
+            format=info.writes_format, device_id=self.device_id, software_version=self.software_version or "",
+            created=iso(op.extra["created"]) or "", clock_valid=self.clock_valid,
+            producer=f"bactobox-backup {self.software_version}",
+            disk={"size_bytes": self.disk.size, "sector_size": S.SECTOR, "layout": "L2",
+                  "mbr_signature": f"0x{signature:08x}"},
+            boot={"env_format": int(values.get("env_format", "1") or 1), "active_slot": values.get("active_slot"),
+                  "boot_count": int(values.get("boot_count", "0") or 0),
+                  "slots": {s: values.get(f"sw_version_{s}") for s in ("system0", "system1")}},
+            data={"store_version": 2, "record_count": sb["record_count"],
+                  "last_record_id": sb["next_record_id"] - 1,
+                  "last_record_started": iso(dt.datetime.fromtimestamp(last["started_unix_ms"] / 1000, dt.UTC))
+                  if last else None},
+            parts=parts, total_size_bytes=sum(r.size for r in regions))
+
+    def open_artifact(self, op_id: str) -> tuple[Operation, dict[str, str], Iterator[bytes]]:
+        """The one download of a backup's GMI: headers and the byte stream (§2.4 artifact)."""
+        with self.lock:
+            op = self.get_operation(op_id)
+            if op.kind != "backup":
+                raise ApiRefusal(404, "not_found", f"Operation {op_id} has no artifact.")
+            with op.lock:
+                if op.state == "failed":
+                    raise ApiRefusal(410, "operation_failed", f"The backup failed: {op.error['message']}")
+                if op.extra.get("consumed"):
+                    raise ApiRefusal(410, "artifact_consumed", "This GMI was already downloaded. Start a new "
+                                                               "backup to get another copy.")
+                if op.state != "ready":
+                    raise ApiRefusal(409, "artifact_not_ready", "The GMI is not ready yet.",
+                                     headers={"Retry-After": "1"}, retryable=True)
+                op.extra["consumed"] = True
+            op.extra["download"].set()
+            plan: ZipPlan = op.extra["plan"]
+            headers = {
+                "Content-Type": S.MEDIA_TYPE,
+                "Content-Disposition": f'attachment; filename="{op.extra["file_name"]}"',
+                "Content-Length": str(plan.total_size),
+                "X-GMI-Format": str(self.version_info.writes_format),
+                "X-GMI-Manifest-SHA256": op.extra["manifest_sha256"],
+            }
+            return op, headers, self._stream_backup(op)
+
+    def _stream_backup(self, op: Operation) -> Iterator[bytes]:
+        plan: ZipPlan = op.extra["plan"]
+        regions: list[D.Region] = op.extra["regions"]
+        digests = op.extra["digests"]
+        total = plan.total_size
+        pacer = Pacer(self.rate(P.USB_BYTES_S, "usb_mb_s"))
+        faults = self.faults
+        cut = faults.get("disconnect_at") if faults else None
+        cut_at = int(cut["fraction"] * total) if cut else None
+        flip = faults.get("flip_bit") if faults else None
+        changed = faults.get("source_changed_at") if faults else None
+        t0 = time.monotonic()
+        sent = 0
+        state = {"ok": False}
+
+        def part_chunks(index: int) -> Iterator[bytes]:
+            nonlocal sent
+            r = regions[index - 2]
+            op.log(f"Sending {r.name} ({index - 1} of {len(regions)}, {human_size(r.size)})")
+            crc = 0
+            start = plan.data_offset(index)  # file offset of the next chunk
+            for chunk in self.disk.chunks(r.offset, r.size):
+                # Re-checked while sent against the preparing pass (§3.4): with the CRC-32 this entry's local
+                # header already announced, which the device must match anyway and costs a third of a sha256.
+                crc = zlib.crc32(chunk, crc)
+                if flip is not None and start <= flip["offset"] < start + len(chunk):
+                    data = bytearray(chunk)
+                    data[flip["offset"] - start] ^= 1 << (flip["bit"] % 8)
+                    chunk = bytes(data)
+                if cut_at is not None and start + len(chunk) >= cut_at:
+                    raise InjectedDrop(f"disconnect_at {cut['fraction']}")
+                pacer.advance(len(chunk))
+                start += len(chunk)
+                sent += len(chunk)
+                op.set_progress(5.0 + 94.0 * start / total, done=start, step=3)
+                yield chunk
+                if op.extra.get("powered_off"):
+                    raise InjectedDrop("power off")
+            if crc != digests[r.name][1] or (changed and changed.get("part") == r.name):
+                op.extra["source_changed"] = r.name
+                raise _SourceChanged(r.name)
+
+        def run() -> Iterator[bytes]:
+            op.set_state("streaming")
+            op.log("Sending manifest")
+            yield from stream_gmi(plan, op.extra["manifest_bytes"], part_chunks)
+            state["ok"] = True
+
+        try:
+            yield from run()
+        except _SourceChanged as exc:
+            self._finalize_backup(op)
+            op.fail("source_changed", f"{exc} changed while it was sent; the stream was cut before the central "
+                                      f"directory. Start a new backup.", line_prefix="Backup failed")
+            self._retire(op)
+            return  # the body ends short of its Content-Length: the client sees an invalid ZIP
+        except (GeneratorExit, InjectedDrop):
+            self._finalize_backup(op)
+            op.fail("transfer_interrupted", "The download was interrupted. Start a new backup.",
+                    line_prefix="Backup failed")
+            self._retire(op)
+            raise
+        op.set_state("finalizing")
+        op.set_progress(99.0, done=total)
+        took = time.monotonic() - t0
+        op.log(f"Download complete ({human_size(total)} in {took:.1f} s)")
+        self._finalize_backup(op)
+        op.succeed({"file_name": op.extra["file_name"], "size_bytes": total,
+                    "manifest_sha256": op.extra["manifest_sha256"], "format": self.version_info.writes_format},
+                   "Backup successful")
+        self._retire(op)
+
+    def _finalize_backup(self, op: Operation) -> None:
+        if self.frozen:
+            op.log("Restarting measurement services")
+        self.frozen = False
+
+
+class _SourceChanged(Exception):
+    pass
