@@ -38,3 +38,12 @@ Feature: A backup made under one version restores onto another as the target dec
       | mobiusflow | 1.19.1 |
       | mobiusflow | 3004   |
       | mobiusflow | 3021   |
+
+    @target_planktoscope
+    Examples:
+      | target       | source    |
+      | planktoscope | v2.3      |
+      | planktoscope | v2023.9.0 |
+      | planktoscope | v2024.0.0 |
+      | planktoscope | v2025.0.0 |
+      | planktoscope | v2026     |

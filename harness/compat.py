@@ -161,7 +161,9 @@ def run_cell(target: Target, source: CompatVersion, destination: CompatVersion, 
 
 
 def _judge(cell: Cell, rule: CompatRule, report: Any, difference: str | None) -> None:
-    cell.dropped, cell.added = list(report.skipped), list(report.untouched)
+    # A driver that replaces a whole configuration reports no per-field skips: show the declared ones.
+    cell.dropped = list(report.skipped) or list(rule.dropped)
+    cell.added = list(report.untouched) or list(rule.added) + list(rule.converted)
     if rule.kind == "refuse":
         cell.detail = "declared refused, but the restore went through"
     elif difference is not None:

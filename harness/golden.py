@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +28,9 @@ from harness.targets.base import CompatVersion, Target
 log = logging.getLogger(__name__)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
+# One fixed, simulator-only password for writing and restoring goldens: a backup may carry the unit's own
+# accounts (NeuroomNet's users), so the restoring harness must log in with the password they were made with.
+PASSWORD_FILE = GOLDEN / "sim-password.txt"
 SEED = 7
 
 
@@ -43,9 +45,8 @@ def write_golden(target: Target, outdir: Path, device_id: str | None) -> list[di
     outdir.mkdir(parents=True, exist_ok=True)
     index = []
     with tempfile.TemporaryDirectory(prefix=f"golden-{target.name}-") as tmp:
-        password = secrets.token_urlsafe(12)
-        pw_file = Path(tmp) / "password"
-        pw_file.write_text(password, encoding="utf-8")
+        pw_file = PASSWORD_FILE
+        password = pw_file.read_text(encoding="utf-8").strip()
         for i, version in enumerate(target.compat_versions()):
             options = SimOptions(target=target.name, state=Path(tmp) / f"unit{i}", firmware=version.version,
                                  profile=version.profile, device_id=device_id, username="golden",

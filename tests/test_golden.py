@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from pathlib import Path
 
 import pytest
 
 from harness.compare import diff
+from harness.golden import PASSWORD_FILE
 from harness.operations import backup_to_store, load_artifact, open_driver, restore_from
 from harness.store import Store
 from harness.targets import available_targets, get_target
@@ -53,11 +53,10 @@ def test_golden_reads_and_restores(tmp_path: Path, target_name: str, device_id: 
     target, artifact = load_artifact(path, target_name)
     assert target.name == target_name and artifact.firmware == entry["version"]
 
-    password = secrets.token_urlsafe(12)
-    (tmp_path / "pw").write_text(password)
+    password = PASSWORD_FILE.read_text().strip()
     options = SimOptions(target=target_name, state=tmp_path / "unit", firmware=entry["version"],
                          profile=entry["profile"], device_id=device_id, username="golden",
-                         password_file=tmp_path / "pw")
+                         password_file=PASSWORD_FILE)
     store = Store(tmp_path / "store")
     with start_simulator(options) as sim, open_driver(target, sim.address, username="golden", password=password,
                                                       ssh=sim.info.get("ssh"), control=sim.control) as driver:

@@ -68,6 +68,7 @@ def test_backup_files_a_verified_gmi(unit: SimProcess, tmp_path: Path, workdir: 
 def test_round_trip_rolls_software_and_data_back(unit: SimProcess, tmp_path: Path):
     store = Store(tmp_path / "store")
     with BactoboxDriver(unit.address) as driver:
+        driver.digest_after_restart = True  # the unit hashes every part once more after the restart
         driver.apply_settings(TARGET.distinctive_settings(driver.identify(), 1))
         first = backup_to_store(driver, TARGET, store, address=unit.address)
         driver.apply_settings(TARGET.distinctive_settings(driver.identify(), 2))

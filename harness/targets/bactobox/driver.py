@@ -4,11 +4,13 @@ The same code talks to the simulator and to a real unit; only the base URL diffe
 that cannot be undone comes after local checks (§6 driver-side preconditions):
 
 - backup: the unit is idle and there is room for the GMI before ``POST /backups`` (a started backup cannot
-  be cancelled); the GMI is streamed to ``<name>.part`` with the HTTP transport (constant memory, fsynced),
-  then every part's sha256 is checked against the manifest before the file is handed over;
+  be cancelled); the GMI is streamed to ``<name>.part`` with the HTTP transport (constant memory, fsynced)
+  while a follower thread hashes every part from the page cache; the file is handed over only once its
+  structure and every part's sha256 match the manifest;
 - restore: the whole GMI is verified (structure, every part's sha256, device ID, version rule) before the
-  preflight; then the file is uploaded as it is, streamed; then the unit is restarted and the driver waits
-  for the new boot and checks that the unit now runs what the GMI holds (software, slots, per-part sha256).
+  preflight; then the file is uploaded as it is, streamed; the unit's read-back of every part must give the
+  manifest's sha256; then the unit is restarted and the driver waits for the new boot and checks that the
+  unit now runs what the GMI holds (software, active slot, both slots; optionally a digest of every part).
 
 The device's own log lines reach the caller as progress messages, so a terminal shows them under the bar.
 """
@@ -46,8 +48,8 @@ POLL_S = 0.1
 POLL_MIN_S = 0.02  # operation polling: quick while things change, backing off to POLL_MAX_S while not
 POLL_MAX_S = 1.0
 STALL_S = 300.0  # an operation whose state does not change for this long is stuck (stretched by time_scale)
-RESTART_DEADLINE_S = 600.0
-STARTING_S = 120.0  # how long a unit may answer 503 starting before a call gives up  # §6: wait for the restart, 10 min by default
+RESTART_DEADLINE_S = 600.0  # §6: wait for the restart, 10 min by default
+STARTING_S = 120.0  # how long a unit may answer 503 starting before a call gives up
 WORKDIR_ENV = "HARNESS_TMPDIR"  # where GMIs are streamed before the store takes them over
 
 # Device error codes that mean "the request is refused as it is" (exit 2) rather than a device fault (exit 3).
@@ -75,7 +77,7 @@ class BactoboxDriver(Driver):
 
     target = "bactobox"
     # The unit has already read every part back before it reported success; a digest after the restart
-    # re-reads the whole disk once more (minutes on a real unit). Off by default; tests switch it on.
+    # re-reads the whole disk once more (minutes on a real unit). Off by default; a test switches it on.
     digest_after_restart = False
 
     def __init__(self, address: str, **kwargs: Any) -> None:
@@ -163,8 +165,7 @@ class BactoboxDriver(Driver):
 
     # --- operations -------------------------------------------------------------------------------------
 
-    def _follow(self, op_id: str, until: frozenset[str], *, lines: list[int], what: str,
-                bytes_key: str = "done_bytes") -> dict[str, Any]:
+    def _follow(self, op_id: str, until: frozenset[str], *, lines: list[int], what: str) -> dict[str, Any]:
         """Poll an operation until its state is in ``until`` (or final), relaying new log lines."""
         last_change = time.monotonic()
         last_seen: Any = None
@@ -179,7 +180,7 @@ class BactoboxDriver(Driver):
             else:  # nothing new: ask less often (a real backup runs for half an hour)
                 interval = min(POLL_MAX_S, interval * 1.5)
             progress = op["progress"]
-            self._report(int(progress.get(bytes_key) or 0), progress.get("total_bytes"))
+            self._report(int(progress.get("done_bytes") or 0), progress.get("total_bytes"))
             if op["state"] in until or op["state"] in ("succeeded", "failed", "expired", "withdrawn"):
                 return op
             if time.monotonic() - last_change > self._timeout(STALL_S):

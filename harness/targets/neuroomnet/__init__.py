@@ -38,6 +38,21 @@ COMPARE_IGNORE = (
 _LANGUAGES = ("de", "fr", "nl", "it", "es", "da")
 
 
+def _cues(seed: int, schema: int) -> list[dict[str, Any]]:
+    """A cue list with millisecond-precise times, in the unit's own layout (``at_ms`` since schema 22).
+
+    The seeded shows only have times in steps of 2.5 s; these make a migration onto 5.0 convert times with
+    millisecond digits, which a wrong scale or rounding to tenths would get wrong. Whole milliseconds, so the
+    conversion has no ties to round.
+    """
+    out = []
+    for k in range(3):
+        ms = k * 1125 + seed + 1  # from seed + 1 ms on, in steps of 1.125 s: never a whole second
+        at = {"at_ms": ms} if schema >= 22 else {"at_s": ms / 1000}
+        out.append({**at, "component": k + 1, "command": ("on", "play", "off")[(seed + k) % 3]})
+    return out
+
+
 class NeuroomNetTarget(Target):
     name = "neuroomnet"
     artifact_ext = "zip"
@@ -74,6 +89,9 @@ class NeuroomNetTarget(Target):
             "config.component.3.name": f"Projector foyer {seed}",
             "config.schedule.1.cron": f"{rng.randrange(60)} {rng.randrange(6, 10)} * * 1-6",
             "config.module.Shows.enabled": seed % 2,
+            # The schema the server reports (/api/system), so an unmodelled release works too.
+            "config.show.2.cues": _cues(seed, int(device.details.get("config_schema")
+                                                  or release(device.firmware).config_schema)),
         }
 
     def compat_versions(self) -> list[CompatVersion]:

@@ -5,7 +5,7 @@ Facts: /work/shared/targets/planktoscope.md; what the simulator speaks and what 
 docs/targets/planktoscope.md. Pieces: releases.py (release facts), presets.py (the preset library from
 fixtures/planktoscope), formats.py (writer styles), schema.py (per-release models, recognition),
 versionfile.py, integrity.py, card.py (dd images: MBR + FAT boot sector), bundle.py (the backup ZIP),
-versions.py (cross-release rules), fbclient.py / sshlink.py (links), driver.py.
+versions.py (cross-release rules), compat.py (the version compatibility matrix), fbclient.py / sshlink.py (links), driver.py.
 
 The device ID is the unit's host name (``/etc/hostname``), read through ``/admin/fs`` or SFTP; where neither
 reaches it (v2.3 and v2026 over HTTP alone), the host part of the address.
@@ -19,8 +19,9 @@ from typing import Any
 
 from harness.compare import CompareRules, flatten
 from harness.errors import BadInput
-from harness.targets.base import Artifact, DeviceInfo, Target
+from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
 from harness.targets.planktoscope import card as card_mod
+from harness.targets.planktoscope import compat as compat_mod
 from harness.targets.planktoscope.bundle import Bundle, bundle_name, load_bundle
 from harness.targets.planktoscope.driver import PlanktoscopeDriver, distinctive_settings
 from harness.targets.planktoscope.formats import parse_object
@@ -86,6 +87,21 @@ class PlanktoscopeTarget(Target):
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         return distinctive_settings(device, seed)
+
+    # Not updatable in the matrix's sense: moving a unit to another release re-flashes its SD card, which
+    # wipes the settings (§2), so "the same unit after an update" is a fresh unit at that release.
+    updatable = False
+
+    def compat_versions(self) -> list[CompatVersion]:
+        return compat_mod.compat_versions()
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        return compat_mod.compat_rule(source, destination)
+
+    def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
+                       destination: CompatVersion) -> dict[str, Any]:
+        """The §15 migrations on the field view (compat.py), stated from the spec, not the simulator."""
+        return compat_mod.migrate_fields(fields, source, destination)
 
 
 TARGET = PlanktoscopeTarget()

@@ -575,7 +575,15 @@ class PlanktoscopeDriver(Driver):
                 raise CheckFailed(f"{upload.device_path}: the unit holds other bytes right after the upload "
                                   f"(read-back sha256 differs)")
             uploaded[upload.device_path] = upload.data
-            report.restored += _field_names(upload.device_path, upload.data)
+            names = _field_names(upload.device_path, upload.data)
+            if upload.migrated:
+                # A migration drops keys of the backup (wb_*, the dead stepper keys: not on the unit now) and
+                # adds keys at the unit's own values (hat_*, user_setup: not in the backup); say which.
+                before = _field_names(upload.device_path, upload.original)
+                report.skipped += [f for f in before if f not in names]
+                report.untouched += [f for f in names if f not in before]
+                names = [f for f in names if f in before]
+            report.restored += names
         present = 0
         for d in plan.datasets:
             present += self._restore_dataset(plan.bundle, d, unit, report)
