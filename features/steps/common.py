@@ -58,8 +58,20 @@ def _backup(sc: Scenario, unit: Unit, reason: str = "manual") -> Path:
     with unit.driver() as driver:
         path = backup_to_store(driver, get_target(unit.target), sc.store, address=unit.link_address,
                                reason=reason)
-    allure.attach.file(str(path), name=f"backup {path.name}", attachment_type=allure.attachment_type.JSON)
+    _attach_backup(path)
     return path
+
+
+ATTACH_LIMIT = 256 * 1024  # a report is mailed around: attach small artifacts whole, big ones by manifest
+
+
+def _attach_backup(path: Path) -> None:
+    manifest = Path(str(path) + ".manifest.json")
+    if path.stat().st_size <= ATTACH_LIMIT and path.suffix == ".json":
+        allure.attach.file(str(path), name=f"backup {path.name}", attachment_type=allure.attachment_type.JSON)
+    elif manifest.exists():
+        allure.attach.file(str(manifest), name=f"manifest of {path.name} ({path.stat().st_size} bytes)",
+                           attachment_type=allure.attachment_type.JSON)
 
 
 def _fields(path: Path) -> dict[str, Any]:

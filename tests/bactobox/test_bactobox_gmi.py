@@ -170,12 +170,21 @@ def test_a_deflate_bomb_is_refused(tmp_path: Path):
         z.writestr("manifest.json", json.dumps(doc))
         z.writestr("disk.img", disk, compress_type=zipfile.ZIP_DEFLATED)
     assert verify_gmi(good).format == 1
+    # A real bomb: 64 MiB of zeros deflated, with both headers claiming the manifest's 1 MiB, so the sizes
+    # agree everywhere and only the inflater can notice (it stops at the stated size).
     bomb = tmp_path / "bomb.gmi"
     with zipfile.ZipFile(bomb, "w") as z:
         z.writestr("mimetype", MEDIA_BYTES)
         z.writestr("manifest.json", json.dumps(doc))
-        z.writestr("disk.img", bytes(64 << 20), compress_type=zipfile.ZIP_DEFLATED)  # 64 MiB claimed as 1 MiB
-    with pytest.raises(BadInput):
+        z.writestr("disk.img", bytes(64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+        info = z.getinfo("disk.img")
+    raw = bytearray(bomb.read_bytes())
+    struct.pack_into("<I", raw, info.header_offset + 22, size)  # local header: uncompressed size
+    central = raw.rindex(b"PK\x01\x02")  # the last central directory entry: disk.img
+    assert raw[central + 46:central + 46 + 8] == b"disk.img"
+    struct.pack_into("<I", raw, central + 24, size)  # central header: uncompressed size
+    bomb.write_bytes(bytes(raw))
+    with pytest.raises(BadInput, match="inflates beyond its stated 1048576 bytes"):
         verify_gmi(bomb)
 
 
