@@ -121,12 +121,36 @@ def cmd_sim_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_target(args: argparse.Namespace) -> str | None:
+    """The target of the bench DEVICE named on the command line, if any (None when it cannot be told)."""
+    if not getattr(args, "device", None):
+        return None
+    from harness.bench import load_bench
+
+    try:
+        spec = load_bench(args.bench).devices.get(args.device)
+    except HarnessError:
+        return None  # connect() reports the bench problem with its own message
+    return spec.target if spec else None
+
+
+def _progress_unit(target_name: str | None) -> str:
+    """"bytes" (sizes and a transfer rate) for targets whose artifacts are big, else "steps"."""
+    if not target_name:
+        return "steps"
+    try:
+        return get_target(target_name).progress_unit
+    except HarnessError:
+        return "steps"
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from harness.operations import backup_to_store
     from harness.progress import progress_reporter
     from harness.store import Store
 
-    with progress_reporter("backup") as progress, connect(args, progress) as conn:
+    unit = _progress_unit(args.target or _bench_target(args))
+    with progress_reporter("backup", unit=unit) as progress, connect(args, progress) as conn:
         path = backup_to_store(conn.driver, conn.target, Store(args.store), address=conn.address)
     print(path)
     return 0
@@ -161,16 +185,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
         spec = load_bench(args.bench).devices.get(args.device)
         hint = spec.target if spec else None
-    load_artifact(Path(args.artifact), hint)  # the whole artifact is checked before the unit is opened
+    # The whole artifact is checked before the unit is opened, once: restore_from takes it as it is.
+    art_target, artifact = load_artifact(Path(args.artifact), hint)
 
     def confirm(unit: DeviceInfo) -> None:
         _confirm(f"Overwrite {unit.target} unit {unit.device_id} (firmware {unit.firmware}) with "
                  f"{args.artifact}?", args.yes)
 
-    with progress_reporter("restore") as progress, connect(args, progress) as conn:
+    with progress_reporter("restore", unit=_progress_unit(art_target.name)) as progress, \
+            connect(args, progress) as conn:
         report = restore_from(conn.driver, conn.target, Path(args.artifact), Store(args.store),
                               address=conn.address, force=args.force, allow_cross_family=args.migrate,
-                              confirm=confirm)
+                              confirm=confirm, artifact=artifact)
     print(f"restored {len(report.restored)} fields")
     _print_report(report, ("skipped (not on this unit)", "untouched (not in the backup)",
                            "not carried by this kind of backup"))

@@ -91,15 +91,22 @@ def _check(driver: Driver, artifact: Artifact, **options: bool):
 
 def restore_from(driver: Driver, target: Target, artifact_path: Path, store: Store, *, address: str,
                  force: bool = False, allow_cross_family: bool = False,
-                 confirm: Callable[[DeviceInfo], None] | None = None) -> RestoreReport:
+                 confirm: Callable[[DeviceInfo], None] | None = None,
+                 artifact: Artifact | None = None) -> RestoreReport:
     """Validate the artifact and its fit to the unit, confirm, restore, read back.
 
     Nothing is written to the unit until the artifact, its manifest, the device ID and the version rule
     have all passed. Backups the driver takes on the way (before/after restore) go into the store.
+    ``artifact``: the one ``load_artifact(artifact_path)`` already returned (artifact and manifest checked),
+    so a multi-GB file is not hashed twice; without it the file is loaded and checked here.
     """
-    art_target, artifact = load_artifact(artifact_path, target.name)
-    if art_target.name != target.name:
-        raise Refused(f"{artifact_path} is a {art_target.name} backup; the unit is a {target.name}")
+    if artifact is None:
+        art_target, artifact = load_artifact(artifact_path, target.name)
+        art_name = art_target.name
+    else:
+        art_name = artifact.target
+    if art_name != target.name:
+        raise Refused(f"{artifact_path} is a {art_name} backup; the unit is a {target.name}")
     plan = _check(driver, artifact, force=force, allow_cross_family=allow_cross_family)
     if confirm is not None:
         confirm(driver.identify())

@@ -225,6 +225,19 @@ def _hash_and_fsync(path: Path) -> tuple[str, int]:
     return result
 
 
+def _fsync_size(path: Path, expected: int | None) -> int:
+    """fsync a linked temp file whose sha256 the driver vouches for; its size must be the one announced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the driver may not have synced its temp file
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if expected is not None and size != expected:
+        raise BadInput(f"{path.name}: the backup file has {size} bytes, the driver wrote {expected}")
+    return size
+
+
 def _fsync_dir(path: Path) -> None:
     # A rename or link is durable only once the directory entry is on disk.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -339,7 +352,14 @@ class Store:
                         raise
                     linked = False  # another filesystem, or no hard links there: copy in chunks
                     source_mode = None
-                sha, size = _hash_and_fsync(temp) if linked else _copy_new(backup.path, temp)
+                if not linked:
+                    sha, size = _copy_new(backup.path, temp)
+                    if backup.sha256 is not None and sha != backup.sha256:
+                        raise BadInput(f"{backup.path}: the copy's sha256 differs from the driver's")
+                elif backup.sha256 is not None:
+                    sha, size = backup.sha256, _fsync_size(temp, backup.size)
+                else:
+                    sha, size = _hash_and_fsync(temp)
             self._verify_before_claim(target, backup, temp)
             # Read-only before it gets its final name: there is no moment when the final file is writable.
             os.chmod(temp, 0o444)

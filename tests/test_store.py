@@ -361,3 +361,18 @@ def test_candidate_names_are_distinct_and_keep_the_extension(stem: str, ext: str
     for i, candidate in enumerate(names[1:], start=2):
         assert candidate.endswith(f"_{i}{real_ext}")
         assert candidate[: -len(f"_{i}{real_ext}")] == name[: len(name) - len(real_ext)]
+
+
+def test_driver_sha256_is_trusted_on_link_but_size_is_checked(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "driver-temp.fak"
+    src.write_bytes(fake_bytes(b"v" * 1000))
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    size = src.stat().st_size
+    os.chmod(src, 0o640)
+    with pytest.raises(BadInput, match="bytes"):  # the driver announced another size: not stored
+        store.save(FakeTarget(), Backup(device=DEVICE, created=T0, path=src, sha256=sha, size=size + 1))
+    assert src.exists() and stat.S_IMODE(src.stat().st_mode) == 0o640
+    assert visible(store.device_dir("fake", DEVICE.device_id)) == []
+    path = store.save(FakeTarget(), Backup(device=DEVICE, created=T0, path=src, sha256=sha, size=size))
+    assert read_manifest(path).sha256 == sha and read_manifest(path).size == size
+    assert verify_manifest(path).size == size

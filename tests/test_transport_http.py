@@ -254,3 +254,19 @@ def test_other_api_errors_end_the_wait(server) -> None:
                                          ('attachment; filename=".."', None), (None, None)])
 def test_content_disposition(header: str | None, name: str | None) -> None:
     assert content_disposition_filename(header) == name
+
+
+def test_download_hook_sees_every_chunk_and_whole_hash_is_optional(server, tmp_path: Path) -> None:
+    app, srv = server
+    pieces: list[bytes] = []
+    attempts: list[int] = []
+
+    def restart() -> None:
+        attempts.append(len(pieces))
+        pieces.clear()
+
+    app.drop_next = True  # the first attempt breaks off: the hook's owner is told to start over
+    with _t(srv, retries=1) as t:
+        got = t.download("/blob", tmp_path / "out.zip", on_chunk=pieces.append, on_attempt=restart, sha256=False)
+    assert got.sha256 is None and got.size == len(BLOB)
+    assert len(attempts) == 2 and b"".join(pieces) == BLOB == (tmp_path / "out.zip").read_bytes()

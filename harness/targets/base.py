@@ -44,6 +44,10 @@ class Backup:
     path: Path | None = None
     reason: str = "manual"
     source_address: str = ""
+    # With ``path``: the whole file's sha256 and size as the driver computed them while it wrote and verified
+    # the file. The store then trusts the hash (it checks the size) instead of reading the file once more.
+    sha256: str | None = None
+    size: int | None = None
 
 
 @dataclass
@@ -167,6 +171,9 @@ class Target(ABC):
     # Whether a unit can be updated in place (firmware/software update), so the compatibility matrix also
     # runs "the same unit after an update" besides "a fresh unit at the destination version".
     updatable: ClassVar[bool] = False
+    # How the CLI shows backup/restore progress: "steps" (n of m), or "bytes" (sizes and a transfer rate)
+    # for targets whose artifacts are big enough to watch them stream.
+    progress_unit: ClassVar[str] = "steps"
 
     def compat_versions(self) -> list[CompatVersion]:
         """The versions this target declares and the matrix runs."""

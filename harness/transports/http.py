@@ -57,6 +57,52 @@ RETRY_STATUS = frozenset({502, 503, 504})
 NOT_UP_STATUS = frozenset({502, 503, 504})
 
 
+def _widen_reads() -> None:
+    """httpcore reads an HTTP/1.1 body 64 KiB per socket call, each through h11's parser: on a multi-GiB
+    download that Python work per call cost more client CPU than the bytes themselves. Socket reads of up to
+    CHUNK return whatever the kernel holds (never more), so small responses are unaffected."""
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+    except ImportError:  # a future httpcore without it: keep its own default
+        return
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", CHUNK) < CHUNK:
+        HTTP11Connection.READ_NUM_BYTES = CHUNK
+
+
+_widen_reads()
+
+
+class _BackgroundSha256:
+    """sha256 of a stream on a thread of its own: hashlib releases the GIL, so the whole-file hash of a
+    download overlaps the socket reads and whatever the caller does per chunk instead of adding to them.
+    The queue is bounded (memory stays at a few chunks whatever the size)."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="download sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._digest.hexdigest()
+
+
 def _no_progress(done: int, total: int | None, message: str) -> None:
     """Default progress sink."""
 
@@ -78,7 +124,7 @@ class ApiError(DeviceError):
 class Download:
     path: Path
     size: int
-    sha256: str
+    sha256: str | None  # None when the caller asked for no whole-file hash (it hashes the body itself)
     headers: dict[str, str] = field(default_factory=dict)
     filename: str | None = None  # from Content-Disposition, when the server named the file
 
@@ -294,19 +340,27 @@ class HttpTransport:
 
     def download(self, path: str, dest: Path, *, params: Mapping[str, Any] | None = None,
                  progress: ProgressFn = _no_progress, timeout: float | httpx.Timeout | None = None,
-                 message: str = "downloading") -> Download:
+                 message: str = "downloading", on_chunk: Callable[[bytes], None] | None = None,
+                 sha256: bool = True, on_attempt: Callable[[], None] | None = None) -> Download:
         """Stream a GET body to ``dest`` (via ``dest.part``, fsynced, renamed), hashing as it arrives.
 
         Constant memory whatever the size. A body shorter than its ``Content-Length`` (a dropped connection)
         is a LinkError and leaves no file; the download is retried from the start while retries last.
+        ``on_chunk`` sees every piece of the body as it is written (a caller that checks the content itself
+        hashes it there, in the same pass); ``on_attempt`` is called before each attempt, so such a caller
+        can start over when a retry restarts the body. ``sha256=False`` skips the whole-file hash
+        (``Download.sha256`` is then None): one hash pass less for callers that verify the body anyway.
         """
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         attempt = 0
         unauthorized = 0
         while True:
+            if on_attempt is not None:
+                on_attempt()
             try:
-                result = self._download_once(path, dest, part, params, progress, timeout, message)
+                result = self._download_once(path, dest, part, params, progress, timeout, message, on_chunk,
+                                             sha256)
             except _Unauthorized:
                 if self.auth is not None and self.auth.on_unauthorized(self, unauthorized):
                     unauthorized += 1
@@ -330,7 +384,8 @@ class HttpTransport:
             return result
 
     def _download_once(self, path: str, dest: Path, part: Path, params: Mapping[str, Any] | None,
-                       progress: ProgressFn, timeout: float | httpx.Timeout | None, message: str) -> Download:
+                       progress: ProgressFn, timeout: float | httpx.Timeout | None, message: str,
+                       on_chunk: Callable[[bytes], None] | None = None, sha256: bool = True) -> Download:
         headers = self.auth.headers(self) if self.auth is not None else {}
         with self._client.stream("GET", path, params=params, headers=headers,
                                  timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT) as response:
@@ -343,22 +398,32 @@ class HttpTransport:
                 raise api_error(self._where("GET", path), response)
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            digest = hashlib.sha256()
+            digest = _BackgroundSha256() if sha256 else None
             done = 0
             progress(0, total, message)
-            with open(part, "wb") as f:
-                for chunk in response.iter_raw(CHUNK):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    progress(done, total, "")
-                if total is not None and done != total:
-                    raise _Retryable(f"body ended after {done} of {total} bytes")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                # Unbuffered file: each piece goes to the kernel as it is, no copy into a Python-side buffer.
+                # iter_raw() without a size hands over what the socket read gave (re-chunking to a fixed size
+                # copied every byte once more and cost ~40% of the client's CPU on multi-GiB bodies).
+                with open(part, "wb", buffering=0) as f:
+                    for chunk in response.iter_raw():
+                        f.write(chunk)
+                        if digest is not None:
+                            digest.update(chunk)
+                        if on_chunk is not None:
+                            on_chunk(chunk)
+                        done += len(chunk)
+                        progress(done, total, "")
+                    if total is not None and done != total:
+                        raise _Retryable(f"body ended after {done} of {total} bytes")
+                    os.fsync(f.fileno())
+                sha = digest.hexdigest() if digest is not None else None
+            finally:
+                if digest is not None:
+                    digest.close()
             os.replace(part, dest)
             headers_out = dict(response.headers)
-        return Download(dest, done, digest.hexdigest(), headers_out,
+        return Download(dest, done, sha, headers_out,
                         content_disposition_filename(headers_out.get("content-disposition")))
 
     def upload(self, path: str, source: Path, *, content_type: str = "application/octet-stream",

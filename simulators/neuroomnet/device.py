@@ -61,7 +61,7 @@ from harness.targets.neuroomnet.versions import (
     import_verdict,
     release,
 )
-from harness.targets.neuroomnet.ziprecords import Member
+from harness.ziparchive import Member
 from simulators.core.clock import Clock
 from simulators.neuroomnet import profiles
 from simulators.neuroomnet.migrate import migrate

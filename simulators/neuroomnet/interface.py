@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 from harness.errors import BadInput
-from harness.targets.neuroomnet.ziprecords import write_zip, zip_size
+from harness.ziparchive import write_zip, zip_size
 from simulators.core.auth import Session, Sessions, TokenRejected, bearer
 from simulators.core.control import ControlPlane, require
 from simulators.core.faults import Param

@@ -8,7 +8,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from harness.targets.neuroomnet.ziprecords import Member, write_zip
+from harness.ziparchive import Member, write_zip
 
 
 def rewrite_zip(src: Path, dest: Path, *, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None,

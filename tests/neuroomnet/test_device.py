@@ -12,7 +12,7 @@ from nn_helpers import make_db, rewrite_zip
 
 from harness.targets.neuroomnet.artifact import load_zip
 from harness.targets.neuroomnet.schema import APP_ID_LIVE, APP_ID_SNAPSHOT, check_snapshot_header
-from harness.targets.neuroomnet.ziprecords import write_zip
+from harness.ziparchive import write_zip
 from simulators.neuroomnet.device import NeuroomNetServer, ServerError
 
 pytestmark = pytest.mark.target_neuroomnet

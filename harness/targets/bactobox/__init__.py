@@ -29,6 +29,7 @@ class BactoboxTarget(Target):
     # v2, which copy is current), so the boot partition is compared by its parsed environment without it.
     compare_rules = CompareRules(ignore=("created", "boot.boot_count", "boot_env.boot_count"))
     driver = BactoboxDriver
+    progress_unit = "bytes"  # multi-GiB GMIs: show sizes and the transfer rate
 
     def artifact_name(self, device_id: str, created: dt.datetime) -> str:
         """``backup-of-<id>-<YYYY-MM-DD>.gmi``: the unit's ID and the date of the backup in UTC (F14)."""

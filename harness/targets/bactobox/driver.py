@@ -5,8 +5,9 @@ that cannot be undone comes after local checks (§6 driver-side preconditions):
 
 - backup: the unit is idle and there is room for the GMI before ``POST /backups`` (a started backup cannot
   be cancelled); the GMI is streamed to ``<name>.part`` with the HTTP transport (constant memory, fsynced)
-  while a follower thread hashes every part from the page cache; the file is handed over only once its
-  structure and every part's sha256 match the manifest;
+  and every part is hashed inline from the transport's chunks as they arrive (one pass, no re-read); the file
+  is handed over, with its whole-file sha256 for the store, only once its structure and every part's sha256
+  match the manifest;
 - restore: the whole GMI is verified (structure, every part's sha256, device ID, version rule) before the
   preflight; then the file is uploaded as it is, streamed; the unit's read-back of every part must give the
   manifest's sha256; then the unit is restarted and the driver waits for the new boot and checks that the
@@ -236,12 +237,13 @@ class BactoboxDriver(Driver):
             raise self._op_error(op, "backup")
         # A private name beside where the store will put it (same filesystem: the store links, not copies).
         path = self.workdir / f".{name}.{secrets.token_hex(4)}"
-        # The parts are hashed while the transport writes the file (it streams to <name>.part, then renames).
-        follower = GmiFollower(path.with_name(path.name + ".part"), path)
+        # The parts are hashed from the transport's chunks as it writes them (no thread, no second read).
+        follower = GmiFollower(path.with_name(path.name + ".part"), path, inline=True)
         try:
             try:
                 download = self.http_once.download(f"/operations/{op_id}/artifact", path, progress=self._report,
-                                                   message=f"downloading {name}")
+                                                   message=f"downloading {name}", on_chunk=follower.feed,
+                                                   on_attempt=follower.restart)
             except (LinkError, ApiError) as exc:
                 follower.abandon()
                 # Ask the unit what happened: its operation says why (transfer_interrupted, source_changed).
@@ -262,13 +264,13 @@ class BactoboxDriver(Driver):
                 leftover.unlink(missing_ok=True)
             raise
         return Backup(device=unit, created=created_at(info.manifest), path=path, reason=reason,
-                      source_address=self.address)
+                      source_address=self.address, sha256=download.sha256, size=download.size)
 
     def _check_download(self, path: Path, headers: dict[str, str], device_id: str,
                         follower: GmiFollower) -> GmiInfo:
         """Check the GMI whole before anyone keeps it (BB-F05: a flipped bit is caught here): the structure
-        read back from the file, and every part's sha256 as the follower computed it from the same file while
-        it was written (a full second pass if the follower could not keep up)."""
+        read back from the file, and every part's sha256 as the follower computed it from the bytes as they were
+        written (a full second pass from the file if the stream could not be followed)."""
         forget(path)
         try:
             info = inspect_gmi(path)

@@ -54,6 +54,8 @@ from harness.targets.bactobox.schema import (
     Manifest,
     ManifestPart,
 )
+from harness.ziparchive import Entry
+from harness.ziparchive import dos_date_time as dos_datetime  # (time, date) as a GMI stores them
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,6 @@ MAX_CENTRAL_DIRECTORY = 64 * 1024
 MAX_MANIFEST = 1 << 20
 MAX_DISK = 64 << 30  # no BactoBox has more; a manifest claiming more is hostile (a decompression bomb)
 READ_CHUNK = 8 << 20  # hashing reads: large reads keep Python's per-call cost out of the way
-
-
-def dos_datetime(created: dt.datetime) -> tuple[int, int]:
-    """(time, date) in MS-DOS format, as ZIP stores them (2-second resolution, 1980 at the earliest)."""
-    c = max(created, dt.datetime(1980, 1, 1, tzinfo=created.tzinfo))
-    return (c.hour << 11) | (c.minute << 5) | (c.second // 2), ((c.year - 1980) << 9) | (c.month << 5) | c.day
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -229,16 +225,7 @@ def write_gmi(path: Path, manifest: Manifest, part_sources: list[BinaryIO | byte
 # ------------------------------------------------------------------------------------------------ reading
 
 
-@dataclass
-class ZipEntry:
-    name: str
-    method: int
-    flags: int
-    crc32: int
-    compressed_size: int
-    uncompressed_size: int
-    header_offset: int
-    data_offset: int = 0  # filled from the local header
+ZipEntry = Entry  # the shared entry; data_offset is filled from the local header
 
 
 @dataclass
@@ -792,24 +779,45 @@ class GmiFollower:
     each part's sha256 against the manifest at the end of the part, and the central directory against what
     was streamed. ``finish(size)`` waits for it; ``result()`` raises BadInput on the first mismatch.
     The writer may rename the file when it is done: the follower keeps its open descriptor.
+
+    With ``inline=True`` there is no thread and no file reading: the writer hands every piece it writes to
+    ``feed`` (the download's per-chunk hook), so the bytes are hashed once, from the buffer they arrived in;
+    ``restart`` starts over when the writer does (a retried download).
     """
 
-    def __init__(self, *paths: Path) -> None:
+    def __init__(self, *paths: Path, inline: bool = False) -> None:
         import threading
 
         self.paths = [Path(p) for p in paths]  # where the writer's file may be, in order (part name, final)
         self.path = self.paths[-1]
+        self.inline = inline
+        self._stop = threading.Event()
+        self._size: int | None = None
+        self.restart()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name=f"follow {self.path.name}", daemon=True)
+            self._thread.start()
+
+    def restart(self) -> None:
+        """Forget everything fed so far (inline mode: the writer starts the file again)."""
         self.completed = False
         self.manifest_bytes = b""
         self.problems: list[str] = []
         self.error: BaseException | None = None
         self._part: tuple[ManifestPart, Any] | None = None
-        self._size: int | None = None
-        self._stop = threading.Event()
         self._reader = GmiStreamReader(on_manifest=self._manifest, on_part_data=self._data,
                                        on_part_end=self._end)
-        self._thread = threading.Thread(target=self._run, name=f"follow {self.path.name}", daemon=True)
-        self._thread.start()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Inline mode: the next piece of the file as it is written. A damaged stream is recorded (``result``
+        reports it), not raised, so the writer still finishes and the caller decides."""
+        if self.error is not None:
+            return
+        try:
+            self._reader.feed(data)
+        except (GmiStreamError, BadInput, ConstructError) as exc:
+            self.error = exc
 
     def _manifest(self, raw: bytes) -> Manifest:
         self.manifest_bytes = raw
@@ -872,11 +880,20 @@ class GmiFollower:
         """The writer is done and wrote ``size`` bytes: read to the end, then stop."""
         self._size = size
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+            return
+        if self.error is None:
+            try:
+                self._reader.finish()
+                self.completed = True
+            except (GmiStreamError, BadInput, ConstructError) as exc:
+                self.error = exc
 
     def abandon(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def result(self) -> str:
         """sha256 of the manifest bytes; BadInput naming what did not match."""

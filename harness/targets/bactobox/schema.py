@@ -48,6 +48,7 @@ from construct import (
     this,
 )
 
+from harness import ziparchive
 from harness.errors import BadInput
 
 SECTOR = 512
@@ -515,86 +516,27 @@ SPARSE_CHUNK = Struct(
 )
 
 # ------------------------------------------------------------------------------------ §4.7 ZIP records
+# The layouts live in harness/ziparchive.py (shared with NeuroomNet); the §4.7 names stay here for gmi.py and
+# the simulator. The BactoBox names are the fixed-size parts: a streaming reader parses a header first.
 
-ZIP_LOCAL_SIG = b"PK\x03\x04"
-ZIP_CENTRAL_SIG = b"PK\x01\x02"
-ZIP_EOCD_SIG = b"PK\x05\x06"
-ZIP64_EOCD_SIG = b"PK\x06\x06"
-ZIP64_LOCATOR_SIG = b"PK\x06\x07"
-ZIP_DESCRIPTOR_SIG = b"PK\x07\x08"
-ZIP64_EXTRA_ID = 0x0001
-
-ZIP_LOCAL_HEADER = Struct(
-    "signature" / Const(ZIP_LOCAL_SIG),
-    "version_needed" / Int16ul,
-    "flags" / Int16ul,
-    "method" / Int16ul,
-    "mod_time" / Int16ul,
-    "mod_date" / Int16ul,
-    "crc32" / Int32ul,
-    "compressed_size" / Int32ul,
-    "uncompressed_size" / Int32ul,
-    "name_length" / Int16ul,
-    "extra_length" / Int16ul,
-)  # then name, extra
-ZIP_LOCAL_HEADER_SIZE = 30
-
-ZIP_CENTRAL_HEADER = Struct(
-    "signature" / Const(ZIP_CENTRAL_SIG),
-    "version_made_by" / Int16ul,
-    "version_needed" / Int16ul,
-    "flags" / Int16ul,
-    "method" / Int16ul,
-    "mod_time" / Int16ul,
-    "mod_date" / Int16ul,
-    "crc32" / Int32ul,
-    "compressed_size" / Int32ul,
-    "uncompressed_size" / Int32ul,
-    "name_length" / Int16ul,
-    "extra_length" / Int16ul,
-    "comment_length" / Int16ul,
-    "disk_start" / Int16ul,
-    "internal_attributes" / Int16ul,
-    "external_attributes" / Int32ul,
-    "local_header_offset" / Int32ul,
-)  # then name, extra, comment
-ZIP_CENTRAL_HEADER_SIZE = 46
-
-ZIP_EXTRA_FIELD = Struct("id" / Int16ul, "size" / Int16ul)  # then ``size`` bytes
-
-ZIP64_EOCD = Struct(
-    "signature" / Const(ZIP64_EOCD_SIG),
-    "record_size" / Int64ul,  # size of the remaining record: 44 without an extensible data sector
-    "version_made_by" / Int16ul,
-    "version_needed" / Int16ul,
-    "disk_number" / Int32ul,
-    "cd_disk" / Int32ul,
-    "entries_on_disk" / Int64ul,
-    "entries_total" / Int64ul,
-    "cd_size" / Int64ul,
-    "cd_offset" / Int64ul,
-)
-ZIP64_EOCD_SIZE = 56
-
-ZIP64_LOCATOR = Struct(
-    "signature" / Const(ZIP64_LOCATOR_SIG),
-    "eocd64_disk" / Int32ul,
-    "eocd64_offset" / Int64ul,
-    "total_disks" / Int32ul,
-)
-ZIP64_LOCATOR_SIZE = 20
-
-ZIP_EOCD = Struct(
-    "signature" / Const(ZIP_EOCD_SIG),
-    "disk_number" / Int16ul,
-    "cd_disk" / Int16ul,
-    "entries_on_disk" / Int16ul,
-    "entries_total" / Int16ul,
-    "cd_size" / Int32ul,
-    "cd_offset" / Int32ul,
-    "comment_length" / Int16ul,
-)  # then the comment
-ZIP_EOCD_SIZE = 22
+ZIP_LOCAL_SIG = ziparchive.LFH_SIG
+ZIP_CENTRAL_SIG = ziparchive.CDH_SIG
+ZIP_EOCD_SIG = ziparchive.EOCD_SIG
+ZIP64_EOCD_SIG = ziparchive.ZIP64_EOCD_SIG
+ZIP64_LOCATOR_SIG = ziparchive.ZIP64_LOCATOR_SIG
+ZIP_DESCRIPTOR_SIG = ziparchive.DATA_DESCRIPTOR_SIG
+ZIP64_EXTRA_ID = ziparchive.ZIP64_EXTRA_ID
+ZIP_LOCAL_HEADER = ziparchive.LOCAL_FILE_HEADER_FIXED  # then name, extra
+ZIP_LOCAL_HEADER_SIZE = ziparchive.LFH_FIXED
+ZIP_CENTRAL_HEADER = ziparchive.CENTRAL_DIRECTORY_HEADER_FIXED  # then name, extra, comment
+ZIP_CENTRAL_HEADER_SIZE = ziparchive.CDH_FIXED
+ZIP_EXTRA_FIELD = ziparchive.EXTRA_FIELD_HEADER  # then ``size`` bytes
+ZIP64_EOCD = ziparchive.ZIP64_END_OF_CENTRAL_DIRECTORY
+ZIP64_EOCD_SIZE = ziparchive.ZIP64_EOCD_FIXED
+ZIP64_LOCATOR = ziparchive.ZIP64_LOCATOR
+ZIP64_LOCATOR_SIZE = ziparchive.ZIP64_LOCATOR_SIZE
+ZIP_EOCD = ziparchive.END_OF_CENTRAL_DIRECTORY_FIXED  # then the comment
+ZIP_EOCD_SIZE = ziparchive.EOCD_FIXED
 
 
 # -------------------------------------------------------------------------------------- §3.3 manifest

@@ -43,6 +43,9 @@ from harness.targets.mobiusflow.schema import (
     rfc3339,
 )
 
+# The name and symlink checks are the shared ones; reading stays on zipfile (deflate, as the node writes).
+from harness.ziparchive import is_symlink, unsafe_name
+
 MiB = 1 << 20
 
 
@@ -126,33 +129,14 @@ def build_backup(content: Content, *, fmt: str, kind: str, name: str, file_name:
 
 # -- reading ---------------------------------------------------------------------------------------------
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
 _KNOWN = re.compile(
     r"^(node/node\.json|node/services\.json|services/[0-9A-F]{3}/objects\.json|flows/flows\.json|tags\.json"
     r"|profiles/object/[0-9A-F]{4}\.json|profiles/object/[0-9A-F]{4}/(preprocessor|codec)\.(ts|js)"
     r"|profiles/object/[0-9A-F]{4}/ui-layout\.json|values/[0-9A-F]{3}\.mpv)$")
 
 
-def unsafe_name(name: str) -> str | None:
-    """Why an entry name would escape the extraction folder, or None."""
-    if "\0" in name:
-        return "a NUL byte"
-    if "\\" in name:
-        return "a backslash"
-    if name.startswith("/"):
-        return "an absolute path"
-    if _DRIVE.match(name):
-        return "a drive letter"
-    parts = name.split("/")
-    if any(p == ".." for p in parts):
-        return "'..'"
-    if any(p in ("", ".") for p in parts[:-1]):
-        return "an empty or '.' folder"
-    return None
-
-
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+    return is_symlink(info.create_system << 8, info.external_attr)
 
 
 def _open(source: Path | bytes | IO[bytes]) -> zipfile.ZipFile:

@@ -2,7 +2,7 @@
 
 ``load_zip(path)`` validates all of it before anything trusts it, in the order a careful importer would:
 
-1. ZIP structure (``ziprecords.scan``): escaping names, symlinks, encryption, entry count, overlapping data,
+1. ZIP structure (``ziparchive.scan``): escaping names, symlinks, encryption, entry count, overlapping data,
    absurd ratios; every local header agrees with the central directory.
 2. Layout: ``restorepoint.json`` and ``config.sqlite`` at the root (a single wrapping folder is unwrapped, as
    the server does), assets under ``assets/<module>/<file>``, no ``-wal``/``-shm`` sidecars, nothing else.
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import ziparchive
 from harness.errors import BadInput
 from harness.targets.base import Artifact
 from harness.targets.neuroomnet import config as cfg
-from harness.targets.neuroomnet import ziprecords
 from harness.targets.neuroomnet.schema import (
     CONFIG_NAME,
     HEADER_SIZE,
@@ -58,7 +58,7 @@ class RestorePointZip:
     files: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (size, sha256)
 
 
-def _layout(entries: list[ziprecords.Entry]) -> tuple[str, dict[str, ziprecords.Entry]]:
+def _layout(entries: list[ziparchive.Entry]) -> tuple[str, dict[str, ziparchive.Entry]]:
     """(prefix, {path without prefix: entry}) for the file entries; BadInput for a foreign or bad layout."""
     files = [e for e in entries if not e.is_dir]
     if not files:
@@ -77,7 +77,7 @@ def _layout(entries: list[ziprecords.Entry]) -> tuple[str, dict[str, ziprecords.
                 raise BadInput(f"restorepoint.json is nested too deep ({nested[0]}); the restore point must be "
                                f"at the ZIP root or in one folder (layout_invalid)")
             raise BadInput("not a NeuroomNet restore point: the ZIP has no restorepoint.json (manifest_missing)")
-    out: dict[str, ziprecords.Entry] = {}
+    out: dict[str, ziparchive.Entry] = {}
     for e in files:
         path = e.name[len(prefix):]
         if path in WAL_SIDECARS:
@@ -90,9 +90,9 @@ def _layout(entries: list[ziprecords.Entry]) -> tuple[str, dict[str, ziprecords.
     return prefix, out
 
 
-def _extract(f: Any, entry: ziprecords.Entry, dest: Any, digests: list[Any]) -> int:
+def _extract(f: Any, entry: ziparchive.Entry, dest: Any, digests: list[Any]) -> int:
     size = 0
-    for chunk in ziprecords.read_entry(f, entry):
+    for chunk in ziparchive.read_entry(f, entry):
         size += len(chunk)
         for d in digests:
             d.update(chunk)
@@ -101,10 +101,10 @@ def _extract(f: Any, entry: ziprecords.Entry, dest: Any, digests: list[Any]) -> 
     return size
 
 
-def _read_small(f: Any, entry: ziprecords.Entry, limit: int) -> bytes:
+def _read_small(f: Any, entry: ziparchive.Entry, limit: int) -> bytes:
     if entry.uncompressed_size > limit:
         raise BadInput(f"{entry.name} is {entry.uncompressed_size} bytes, too large for a manifest")
-    return b"".join(ziprecords.read_entry(f, entry))
+    return b"".join(ziparchive.read_entry(f, entry))
 
 
 def _check_database(path: Path, manifest: Manifest) -> tuple[dict[str, Any], str, str]:
@@ -145,7 +145,7 @@ def load_zip(path: Path) -> RestorePointZip:
     with f:
         if size > MAX_ZIP_BYTES:
             raise BadInput(f"{path.name} is {size} bytes, larger than the server's 4 GiB upload limit")
-        entries = ziprecords.scan(f, size)
+        entries = ziparchive.scan(f, size)
         prefix, files = _layout(entries)
         manifest = parse_manifest(_read_small(f, files[MANIFEST_NAME], 1 << 20))
         present = {p for p in files if p != MANIFEST_NAME}

@@ -14,6 +14,7 @@ from typing import Any
 
 from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Struct
 
+from harness import ziparchive
 from harness.errors import BadInput
 
 # --- SQLite database header (sqlite.org "Database File Format" §1.3) ---------------------------------------
@@ -250,22 +251,7 @@ def _req(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
 
 def check_member_path(path: str) -> str | None:
     """Why ``path`` (a manifest entry or ZIP member name) is unsafe, or None if it is a plain relative path."""
-    if not path:
-        return "an empty name"
-    if "\\" in path:
-        return "a backslash"
-    if path.startswith("/"):
-        return "an absolute path"
-    if re.match(r"^[A-Za-z]:", path):
-        return "a drive letter"
-    if "\x00" in path or any(ord(c) < 0x20 for c in path):
-        return "a control character"
-    parts = path.rstrip("/").split("/")
-    if any(p == ".." for p in parts):
-        return "'..' (it escapes the folder)"
-    if any(p in ("", ".") for p in parts):
-        return "an empty or '.' path component"
-    return None
+    return ziparchive.unsafe_name(path)
 
 
 def parse_manifest(data: bytes, *, where: str = MANIFEST_NAME) -> Manifest:

@@ -1,28 +1,34 @@
-"""ZIP records (PKWARE APPNOTE; field lists as in targets/bactobox.md §4.7, little-endian) with construct,
-a deterministic writer of stored ZIPs and a strict reader that checks a ZIP before anything trusts it.
+"""The one ZIP toolkit of the harness: PKWARE APPNOTE records, a streaming stored-ZIP writer, a strict reader.
 
-Writer (the server's download, §4.3): stored entries only, no data descriptors, sizes and CRC-32 in the local
-headers, UTF-8 names (flag bit 11), ZIP64 only when needed, entry times from the files' mtimes (UTC), so the
-whole length is known before the first byte goes out (an exact ``Content-Length``) and two downloads of the
-same folder are byte-identical.
+Shared by the targets whose artifacts are ZIPs (NeuroomNet restore points, BactoBox GMI images); lifted from
+their own copies so one set of record layouts and one set of checks serve all of them.
+
+Records (construct, little-endian): local file header, central directory header, end of central directory,
+ZIP64 end of central directory and locator, extra fields, data descriptors. Each header exists as a
+``*_FIXED`` struct (the fixed-size part, for readers that parse a header before its name has arrived) and as
+the full record with its name, extra field and comment.
+
+Writer (``Member`` + ``zip_size`` + ``write_zip``): stored entries only, no data descriptors, sizes and CRC-32
+in the local headers, UTF-8 names (flag bit 11), ZIP64 only when needed, entry times from the files' mtimes
+(UTC), so the whole length is known before the first byte goes out (an exact ``Content-Length``) and two
+archives of the same files are byte-identical.
 
 Reader (``scan`` + ``read_entry``): walks the central directory *and* every local header, refusing what a
 hostile or damaged archive does: names that escape the folder (absolute, ``..``, backslashes, drive
-letters), symlinks, encrypted entries, more than 10,000 entries, unknown compression, entries whose data
-overlap (the "overlapping files" zip bomb), declared sizes with absurd ratios, and data that inflates beyond
-its declared size or fails its CRC-32. Deflate and data descriptors are accepted, as users re-zip folders
-with other tools.
-
-Candidate for sharing with the BactoBox target (GMI files are ZIPs too); kept here until that target exists.
+letters, control characters), symlinks, encrypted entries, too many entries, unknown compression, entries
+whose data overlap (the "overlapping files" zip bomb), declared sizes with absurd ratios or totals, and data
+that inflates beyond its declared size or fails its CRC-32. Deflate and data descriptors are accepted, as
+users re-zip folders with other tools. Every refusal is a one-line ``BadInput``.
 """
 
 from __future__ import annotations
 
-import time
+import datetime as dt
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from construct import Bytes, Const, ConstructError, GreedyRange, Int16ul, Int32ul, Int64ul, Struct, this
 
@@ -45,8 +51,10 @@ U32_MAX = 0xFFFFFFFF
 U16_MAX = 0xFFFF
 S_IFMT, S_IFLNK, S_IFREG = 0o170000, 0o120000, 0o100000
 
-LOCAL_FILE_HEADER = Struct(
-    "signature" / Const(LFH_SIG),
+# The fixed parts are separate structs because streaming readers parse a header before its name and extra
+# field have arrived (BactoBox's GMI upload); the full records add the variable tail.
+# The fields a local header and a central directory header share, in the same order in both.
+_ENTRY_FIELDS = (
     "version_needed" / Int16ul,
     "flags" / Int16ul,
     "method" / Int16ul,
@@ -57,36 +65,35 @@ LOCAL_FILE_HEADER = Struct(
     "uncompressed_size" / Int32ul,
     "name_length" / Int16ul,
     "extra_length" / Int16ul,
+)
+LOCAL_FILE_HEADER_FIXED = Struct("signature" / Const(LFH_SIG), *_ENTRY_FIELDS)  # then name, extra
+LFH_FIXED = 30
+LOCAL_FILE_HEADER = Struct(
+    *LOCAL_FILE_HEADER_FIXED.subcons,
     "name" / Bytes(this.name_length),
     "extra" / Bytes(this.extra_length),
 )
-LFH_FIXED = 30
 
-CENTRAL_DIRECTORY_HEADER = Struct(
+CENTRAL_DIRECTORY_HEADER_FIXED = Struct(
     "signature" / Const(CDH_SIG),
     "version_made_by" / Int16ul,
-    "version_needed" / Int16ul,
-    "flags" / Int16ul,
-    "method" / Int16ul,
-    "mod_time" / Int16ul,
-    "mod_date" / Int16ul,
-    "crc32" / Int32ul,
-    "compressed_size" / Int32ul,
-    "uncompressed_size" / Int32ul,
-    "name_length" / Int16ul,
-    "extra_length" / Int16ul,
+    *_ENTRY_FIELDS,
     "comment_length" / Int16ul,
     "disk_start" / Int16ul,
-    "internal_attr" / Int16ul,
-    "external_attr" / Int32ul,
+    "internal_attributes" / Int16ul,
+    "external_attributes" / Int32ul,
     "local_header_offset" / Int32ul,
+)  # then name, extra, comment
+CDH_FIXED = 46
+CENTRAL_DIRECTORY_HEADER = Struct(
+    *CENTRAL_DIRECTORY_HEADER_FIXED.subcons,
     "name" / Bytes(this.name_length),
     "extra" / Bytes(this.extra_length),
     "comment" / Bytes(this.comment_length),
 )
-CDH_FIXED = 46
 
-EXTRA_FIELD = Struct("header_id" / Int16ul, "size" / Int16ul, "data" / Bytes(this.size))
+EXTRA_FIELD_HEADER = Struct("id" / Int16ul, "size" / Int16ul)  # then ``size`` bytes
+EXTRA_FIELD = Struct("id" / Int16ul, "size" / Int16ul, "data" / Bytes(this.size))
 EXTRA_FIELDS = GreedyRange(EXTRA_FIELD)
 
 DATA_DESCRIPTOR = Struct("signature" / Const(DATA_DESCRIPTOR_SIG), "crc32" / Int32ul,
@@ -94,25 +101,28 @@ DATA_DESCRIPTOR = Struct("signature" / Const(DATA_DESCRIPTOR_SIG), "crc32" / Int
 DATA_DESCRIPTOR64 = Struct("signature" / Const(DATA_DESCRIPTOR_SIG), "crc32" / Int32ul,
                            "compressed_size" / Int64ul, "uncompressed_size" / Int64ul)
 
-END_OF_CENTRAL_DIRECTORY = Struct(
+END_OF_CENTRAL_DIRECTORY_FIXED = Struct(
     "signature" / Const(EOCD_SIG),
-    "disk" / Int16ul,
+    "disk_number" / Int16ul,
     "cd_disk" / Int16ul,
     "entries_on_disk" / Int16ul,
     "entries_total" / Int16ul,
     "cd_size" / Int32ul,
     "cd_offset" / Int32ul,
     "comment_length" / Int16ul,
+)  # then the comment
+EOCD_FIXED = 22
+END_OF_CENTRAL_DIRECTORY = Struct(
+    *END_OF_CENTRAL_DIRECTORY_FIXED.subcons,
     "comment" / Bytes(this.comment_length),
 )
-EOCD_FIXED = 22
 
 ZIP64_END_OF_CENTRAL_DIRECTORY = Struct(
     "signature" / Const(ZIP64_EOCD_SIG),
-    "record_size" / Int64ul,  # size of the remaining record: 44 without extensible data
+    "record_size" / Int64ul,  # size of the remaining record: 44 without an extensible data sector
     "version_made_by" / Int16ul,
     "version_needed" / Int16ul,
-    "disk" / Int32ul,
+    "disk_number" / Int32ul,
     "cd_disk" / Int32ul,
     "entries_on_disk" / Int64ul,
     "entries_total" / Int64ul,
@@ -123,17 +133,23 @@ ZIP64_EOCD_FIXED = 56
 
 ZIP64_LOCATOR = Struct(
     "signature" / Const(ZIP64_LOCATOR_SIG),
-    "eocd_disk" / Int32ul,
-    "eocd_offset" / Int64ul,
+    "eocd64_disk" / Int32ul,
+    "eocd64_offset" / Int64ul,
     "total_disks" / Int32ul,
 )
 ZIP64_LOCATOR_SIZE = 20
 
 
+def dos_date_time(when: dt.datetime) -> tuple[int, int]:
+    """(time, date) in MS-DOS format from the fields of ``when`` as given (2-second resolution, 1980 at the
+    earliest); no zone conversion, so the caller decides which clock the archive shows."""
+    c = max(when, dt.datetime(1980, 1, 1, tzinfo=when.tzinfo))
+    return (c.hour << 11) | (c.minute << 5) | (c.second // 2), ((c.year - 1980) << 9) | (c.month << 5) | c.day
+
+
 def dos_datetime(mtime: float) -> tuple[int, int]:
     """(time, date) in MS-DOS format from a POSIX time, in UTC so the bytes do not depend on the host zone."""
-    t = time.gmtime(max(mtime, 315532800))  # 1980-01-01: the earliest DOS date
-    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    return dos_date_time(dt.datetime.fromtimestamp(max(mtime, 315532800), dt.UTC))
 
 
 # --- writer ------------------------------------------------------------------------------------------------
@@ -165,7 +181,7 @@ def _plan(members: list[Member]) -> tuple[list[_Planned], bytes, int]:
         name = m.name.encode("utf-8")
         t, d = dos_datetime(m.mtime)
         big = m.size >= U32_MAX
-        local_extra = EXTRA_FIELD.build({"header_id": ZIP64_EXTRA_ID, "size": 16,
+        local_extra = EXTRA_FIELD.build({"id": ZIP64_EXTRA_ID, "size": 16,
                                          "data": Int64ul.build(m.size) * 2}) if big else b""
         local = LOCAL_FILE_HEADER.build(dict(
             version_needed=45 if big else 20, flags=FLAG_UTF8, method=STORED, mod_time=t, mod_date=d,
@@ -174,14 +190,14 @@ def _plan(members: list[Member]) -> tuple[list[_Planned], bytes, int]:
             name=name, extra=local_extra))
         far = offset >= U32_MAX
         cd_data = (Int64ul.build(m.size) * 2 if big else b"") + (Int64ul.build(offset) if far else b"")
-        cd_extra = EXTRA_FIELD.build({"header_id": ZIP64_EXTRA_ID, "size": len(cd_data), "data": cd_data}) \
+        cd_extra = EXTRA_FIELD.build({"id": ZIP64_EXTRA_ID, "size": len(cd_data), "data": cd_data}) \
             if cd_data else b""
         central = CENTRAL_DIRECTORY_HEADER.build(dict(
             version_made_by=(3 << 8) | (45 if big or far else 20), version_needed=45 if big or far else 20,
             flags=FLAG_UTF8, method=STORED, mod_time=t, mod_date=d, crc32=m.crc32,
             compressed_size=U32_MAX if big else m.size, uncompressed_size=U32_MAX if big else m.size,
             name_length=len(name), extra_length=len(cd_extra), comment_length=0, disk_start=0,
-            internal_attr=0, external_attr=(S_IFREG | 0o644) << 16,
+            internal_attributes=0, external_attributes=(S_IFREG | 0o644) << 16,
             local_header_offset=U32_MAX if far else offset, name=name, extra=cd_extra, comment=b""))
         planned.append(_Planned(m, offset, local, central))
         offset += len(local) + m.size
@@ -194,11 +210,11 @@ def _plan(members: list[Member]) -> tuple[list[_Planned], bytes, int]:
     if zip64:
         eocd64_offset = cd_offset + len(cd)
         tail += ZIP64_END_OF_CENTRAL_DIRECTORY.build(dict(
-            record_size=ZIP64_EOCD_FIXED - 12, version_made_by=(3 << 8) | 45, version_needed=45, disk=0,
+            record_size=ZIP64_EOCD_FIXED - 12, version_made_by=(3 << 8) | 45, version_needed=45, disk_number=0,
             cd_disk=0, entries_on_disk=count, entries_total=count, cd_size=len(cd), cd_offset=cd_offset))
-        tail += ZIP64_LOCATOR.build(dict(eocd_disk=0, eocd_offset=eocd64_offset, total_disks=1))
+        tail += ZIP64_LOCATOR.build(dict(eocd64_disk=0, eocd64_offset=eocd64_offset, total_disks=1))
     tail += END_OF_CENTRAL_DIRECTORY.build(dict(
-        disk=0, cd_disk=0, entries_on_disk=min(count, U16_MAX), entries_total=min(count, U16_MAX),
+        disk_number=0, cd_disk=0, entries_on_disk=min(count, U16_MAX), entries_total=min(count, U16_MAX),
         cd_size=min(len(cd), U32_MAX), cd_offset=min(cd_offset, U32_MAX), comment_length=0, comment=b""))
     return planned, cd + tail, cd_offset + len(cd) + len(tail)
 
@@ -230,9 +246,13 @@ MAX_ENTRIES = 10_000
 MAX_RATIO = 1000  # deflate reaches ~1:1000 at best; a higher declared ratio is a bomb
 MAX_CD_BYTES = 64 << 20
 
+NameCheck = Callable[[str], "str | None"]
 
-@dataclass(frozen=True)
+
+@dataclass
 class Entry:
+    """One entry as the central directory declares it (ZIP64 values applied)."""
+
     name: str
     method: int
     flags: int
@@ -240,18 +260,44 @@ class Entry:
     compressed_size: int
     uncompressed_size: int
     header_offset: int
-    data_offset: int
-    external_attr: int
+    data_offset: int = 0  # a streaming reader fills it from the local header
+    external_attr: int = 0
 
     @property
     def is_dir(self) -> bool:
         return self.name.endswith("/")
 
 
-def _unsafe_reason(name: str) -> str | None:
-    from harness.targets.neuroomnet.schema import check_member_path
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
-    return check_member_path(name.rstrip("/") if name.endswith("/") and len(name) > 1 else name)
+
+def unsafe_name(name: str) -> str | None:
+    """Why an entry name would escape the extraction folder (or is no plain relative path), or None.
+
+    A folder entry's trailing ``/`` is allowed. The reason reads after "has": "ZIP entry 'x' has a backslash".
+    """
+    path = name.rstrip("/") if name.endswith("/") and len(name) > 1 else name
+    if not path:
+        return "an empty name"
+    if "\\" in path:
+        return "a backslash"
+    if path.startswith("/"):
+        return "an absolute path"
+    if _DRIVE.match(path):
+        return "a drive letter"
+    if any(ord(c) < 0x20 for c in path):
+        return "a control character"
+    parts = path.split("/")
+    if any(p == ".." for p in parts):
+        return "'..' (it escapes the folder)"
+    if any(p in ("", ".") for p in parts):
+        return "an empty or '.' path component"
+    return None
+
+
+def is_symlink(version_made_by: int, external_attributes: int) -> bool:
+    """A Unix-made entry whose mode says symbolic link (extracting it would let later entries escape)."""
+    return (version_made_by >> 8) == 3 and ((external_attributes >> 16) & S_IFMT) == S_IFLNK
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
@@ -264,7 +310,7 @@ def _zip64_values(extra: bytes, want: list[str], where: str) -> dict[str, int]:
         fields = EXTRA_FIELDS.parse(extra)
     except ConstructError:
         fields = []
-    z = next((x for x in fields if x.header_id == ZIP64_EXTRA_ID), None)
+    z = next((x for x in fields if x.id == ZIP64_EXTRA_ID), None)
     if z is None:
         raise BadInput(f"{where}: 0xFFFFFFFF sizes without a ZIP64 extra field (corrupted ZIP)")
     out: dict[str, int] = {}
@@ -278,7 +324,7 @@ def _zip64_values(extra: bytes, want: list[str], where: str) -> dict[str, int]:
     return out
 
 
-def _find_eocd(f: BinaryIO, size: int) -> tuple[int, object]:
+def _find_eocd(f: BinaryIO, size: int) -> tuple[int, Any]:
     tail_len = min(size, EOCD_FIXED + 0xFFFF)
     tail = _read_at(f, size - tail_len, tail_len)
     pos = len(tail)
@@ -294,26 +340,30 @@ def _find_eocd(f: BinaryIO, size: int) -> tuple[int, object]:
             raise BadInput("not a ZIP file: no valid end-of-central-directory record (truncated?)")
 
 
-def scan(f: BinaryIO, size: int, *, max_entries: int = MAX_ENTRIES, max_total: int = 8 << 30) -> list[Entry]:
-    """Check a whole ZIP's structure and return its entries; BadInput with a one-line reason otherwise."""
+def scan(f: BinaryIO, size: int, *, max_entries: int = MAX_ENTRIES, max_total: int = 8 << 30,
+         max_ratio: int = MAX_RATIO, name_check: NameCheck = unsafe_name) -> list[Entry]:
+    """Check a whole ZIP's structure and return its entries; BadInput with a one-line reason otherwise.
+
+    ``name_check`` lets a target word the unsafe-name reason its own way (its tests and users read it).
+    """
     if size < EOCD_FIXED:
         raise BadInput(f"not a ZIP file: {size} bytes")
     eocd_pos, eocd = _find_eocd(f, size)
     entries_total, cd_size, cd_offset = eocd.entries_total, eocd.cd_size, eocd.cd_offset
     cd_end_limit = eocd_pos
-    if eocd.disk != 0 or eocd.cd_disk != 0:
+    if eocd.disk_number != 0 or eocd.cd_disk != 0:
         raise BadInput("multi-disk (split) ZIP archives are not supported")
     locator_pos = eocd_pos - ZIP64_LOCATOR_SIZE
     if locator_pos >= 0 and _read_at(f, locator_pos, 4) == ZIP64_LOCATOR_SIG:
         loc = ZIP64_LOCATOR.parse(_read_at(f, locator_pos, ZIP64_LOCATOR_SIZE))
-        if loc.eocd_offset + ZIP64_EOCD_FIXED > locator_pos:
+        if loc.eocd64_offset + ZIP64_EOCD_FIXED > locator_pos:
             raise BadInput("ZIP64 locator points outside the file (corrupted ZIP)")
         try:
-            e64 = ZIP64_END_OF_CENTRAL_DIRECTORY.parse(_read_at(f, loc.eocd_offset, ZIP64_EOCD_FIXED))
+            e64 = ZIP64_END_OF_CENTRAL_DIRECTORY.parse(_read_at(f, loc.eocd64_offset, ZIP64_EOCD_FIXED))
         except ConstructError:
             raise BadInput("ZIP64 end-of-central-directory record is missing (corrupted ZIP)") from None
         entries_total, cd_size, cd_offset = e64.entries_total, e64.cd_size, e64.cd_offset
-        cd_end_limit = loc.eocd_offset
+        cd_end_limit = loc.eocd64_offset
     if entries_total > max_entries:
         raise BadInput(f"the ZIP has {entries_total} entries; more than {max_entries} are refused "
                        f"(too_many_entries)")
@@ -330,7 +380,7 @@ def scan(f: BinaryIO, size: int, *, max_entries: int = MAX_ENTRIES, max_total: i
         except ConstructError:
             raise BadInput(f"the ZIP's central directory is damaged at entry {len(entries) + 1}") from None
         pos += CDH_FIXED + h.name_length + h.extra_length + h.comment_length
-        entries.append(_entry(f, h, cd_offset, names))
+        entries.append(_entry(f, h, cd_offset, names, name_check, max_ratio))
         total += entries[-1].uncompressed_size
         if len(entries) > max_entries:
             raise BadInput(f"the ZIP has more than {max_entries} entries (too_many_entries)")
@@ -346,13 +396,14 @@ def scan(f: BinaryIO, size: int, *, max_entries: int = MAX_ENTRIES, max_total: i
     return entries
 
 
-def _entry(f: BinaryIO, h: object, cd_offset: int, names: set[str]) -> Entry:
+def _entry(f: BinaryIO, h: Any, cd_offset: int, names: set[str], name_check: NameCheck,
+           max_ratio: int) -> Entry:
     raw_name = h.name
     try:
         name = raw_name.decode("utf-8") if h.flags & FLAG_UTF8 else raw_name.decode("cp437")
     except UnicodeDecodeError:
         raise BadInput(f"ZIP entry name {raw_name!r} is not valid UTF-8") from None
-    reason = _unsafe_reason(name)
+    reason = name_check(name)
     if reason:
         raise BadInput(f"ZIP entry {name!r} has {reason} (unsafe_path)")
     if name in names:
@@ -360,7 +411,7 @@ def _entry(f: BinaryIO, h: object, cd_offset: int, names: set[str]) -> Entry:
     names.add(name)
     if h.flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
         raise BadInput(f"ZIP entry {name!r} is encrypted (encrypted_zip)")
-    if (h.version_made_by >> 8) == 3 and ((h.external_attr >> 16) & S_IFMT) == S_IFLNK:
+    if is_symlink(h.version_made_by, h.external_attributes):
         raise BadInput(f"ZIP entry {name!r} is a symbolic link (layout_invalid)")
     if h.method not in (STORED, DEFLATED):
         raise BadInput(f"ZIP entry {name!r} uses compression method {h.method}; only stored and deflate")
@@ -373,7 +424,7 @@ def _entry(f: BinaryIO, h: object, cd_offset: int, names: set[str]) -> Entry:
                                 z.get("local_header_offset", offset))
     if h.method == STORED and csize != usize:
         raise BadInput(f"ZIP entry {name!r} is stored but its sizes differ ({csize} vs {usize})")
-    if usize > 1 << 20 and usize > MAX_RATIO * max(csize, 1):
+    if usize > 1 << 20 and usize > max_ratio * max(csize, 1):
         raise BadInput(f"ZIP entry {name!r} claims {usize} bytes from {csize} compressed (zip bomb)")
     if offset + LFH_FIXED > cd_offset:
         raise BadInput(f"ZIP entry {name!r}: its local header lies outside the data area (corrupted)")
@@ -390,7 +441,7 @@ def _entry(f: BinaryIO, h: object, cd_offset: int, names: set[str]) -> Entry:
         raise BadInput(f"ZIP entry {name!r}: its data runs past the end of the data area (truncated)")
     if name.endswith("/") and usize:
         raise BadInput(f"ZIP entry {name!r} is a folder with content (corrupted)")
-    return Entry(name, h.method, h.flags, h.crc32, csize, usize, offset, data_offset, h.external_attr)
+    return Entry(name, h.method, h.flags, h.crc32, csize, usize, offset, data_offset, h.external_attributes)
 
 
 def read_entry(f: BinaryIO, entry: Entry, chunk: int = 1 << 20) -> Iterator[bytes]:
