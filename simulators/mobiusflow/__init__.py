@@ -1,1 +1,1 @@
-"""Simulated MobiusFlow node (spec: /work/shared/targets/mobiusflow.md; docs/targets/mobiusflow.md)."""
+"""Simulated MobiusFlow node (spec: the target spec shared/targets/mobiusflow.md; docs/targets/mobiusflow.md)."""

@@ -62,6 +62,7 @@ from harness.targets.mobiusflow.versions import (
     verdict,
     version_key,
 )
+from simulators.core.api_error import DeviceApiError
 from simulators.mobiusflow.profiles import check_profile, seed_content
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,8 @@ SLOT_TTL_S = 3600  # a prepared backup and a pending upload live 1 h (node clock
 NODE_LIMITS = Limits(max_total=1024 * (1 << 20))
 
 
-class NodeError(Exception):
+class NodeError(DeviceApiError):
     """An API refusal: HTTP status, the node's code and message (§6)."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
 
 
 class ApplyFailed(Exception):

@@ -62,6 +62,7 @@ from harness.targets.neuroomnet.versions import (
     release,
 )
 from harness.ziparchive import Member
+from simulators.core.api_error import DeviceApiError
 from simulators.core.clock import Clock
 from simulators.neuroomnet import profiles
 from simulators.neuroomnet.migrate import migrate
@@ -104,17 +105,12 @@ _LOCAL_DDL = (
 )
 
 
-class ServerError(Exception):
+class ServerError(DeviceApiError):
     """An API error: HTTP status, the spec's code, a full-sentence message, optional details."""
 
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
-        self.headers = headers or {}
+        super().__init__(status, code, message, details or {}, headers)
 
 
 def _size_text(n: int) -> str:

@@ -1,6 +1,6 @@
 """SBT BactoBox (through Access's backup and restore): full-device GMI images, streamed.
 
-Facts: /work/shared/targets/bactobox.md; what the simulator speaks: docs/targets/bactobox.md. Pieces:
+Facts: the target spec shared/targets/bactobox.md; what the simulator speaks: docs/targets/bactobox.md. Pieces:
 schema.py (construct layouts: MBR, boot environment, slot header, data store, ZIP records; the manifest),
 gmi.py (GMI writing and reading in constant memory), artifact.py (validation and the field view),
 versions.py (compatibility rule), driver.py (the HTTP driver).

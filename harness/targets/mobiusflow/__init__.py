@@ -1,6 +1,6 @@
 """MobiusFlow node: configuration backup/restore over the Engine API (1.x and 3000+), ZIP artifacts.
 
-Facts: /work/shared/targets/mobiusflow.md; what is modelled: docs/targets/mobiusflow.md. Pieces: schema.py
+Facts: the target spec shared/targets/mobiusflow.md; what is modelled: docs/targets/mobiusflow.md. Pieces: schema.py
 (manifest, MPV value files, digests), archive.py (ZIP writing and safe reading), versions.py (compatibility
 rules and migrations), fields.py (field view for diffs), driver.py (the HTTP driver).
 """

@@ -1,7 +1,7 @@
 """MobiusFlow backup content: the manifest ``backup.json``, the persisted-values file ``values/<SID>.mpv``
 (construct layouts, versions 1 and 2), the configuration documents, and the two digests. Pure: no I/O.
 
-Spec: /work/shared/targets/mobiusflow.md §3 (artifact) and §4.1 (MPV). The ZIP container is in archive.py.
+Spec: the target spec shared/targets/mobiusflow.md §3 (artifact) and §4.1 (MPV). The ZIP container is in archive.py.
 """
 
 from __future__ import annotations

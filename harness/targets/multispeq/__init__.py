@@ -1,6 +1,6 @@
 """PhotosynQ MultispeQ v1: console backup to JSON, restore by setter commands with read-back.
 
-Facts: /work/shared/targets/multispeq.md. Pieces: schema.py (EEPROM layouts), protocol.py (console framing,
+Facts: the target spec shared/targets/multispeq.md. Pieces: schema.py (EEPROM layouts), protocol.py (console framing,
 parsing, argument text, restore groups), artifact.py (the backup file), versions.py (compatibility rules),
 driver.py (the serial driver).
 """

@@ -1,6 +1,6 @@
 """NeuroomNet server: system restore points over the (modelled) HTTP API, kept as the server's ZIP download.
 
-Facts and model: /work/shared/targets/neuroomnet.md; what the simulator speaks: docs/targets/neuroomnet.md.
+Facts and model: the target spec shared/targets/neuroomnet.md; what the simulator speaks: docs/targets/neuroomnet.md.
 Pieces: schema.py (SQLite/WAL headers with construct, restorepoint.json), harness/ziparchive.py (shared ZIP records, writer,
 strict reader), config.py (configuration tables, digests, field view), artifact.py (validating a ZIP),
 versions.py (compatibility rules), migrate.py (what a migrated backup should read back as, from the spec),

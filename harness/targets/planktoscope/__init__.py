@@ -1,7 +1,7 @@
 """PlanktoScope (Raspberry Pi): settings files, the version file and datasets over the file-browser API
 (``/admin/fs``, ``/ps/data/browse``), or over SSH/SFTP where HTTP cannot reach them.
 
-Facts: /work/shared/targets/planktoscope.md; what the simulator speaks and what is modelled:
+Facts: the target spec shared/targets/planktoscope.md; what the simulator speaks and what is modelled:
 docs/targets/planktoscope.md. Pieces: releases.py (release facts), presets.py (the preset library from
 fixtures/planktoscope), formats.py (writer styles), schema.py (per-release models, recognition),
 versionfile.py, integrity.py, card.py (dd images: MBR + FAT boot sector), bundle.py (the backup ZIP),
