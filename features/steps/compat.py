@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import allure
@@ -13,6 +14,7 @@ from harness.targets import get_target
 from harness.targets.base import Target
 
 REPORTS = Path("reports/compat/rows")
+CELLS_AT_ONCE = 3
 
 
 @given(parsers.parse("the declared versions of {target}"), target_fixture="compat_target")
@@ -31,12 +33,17 @@ def run_row(compat_target: Target, source: str, bench) -> Matrix:
     spec = next((d for d in bench.devices.values() if d.target == compat_target.name and d.is_sim), None)
     device_id = spec.sim.device_id if spec else None
     paths = ["fresh", "update"] if compat_target.updatable else ["fresh"]
-    cells = []
+    pairs = [(d, p) for d in versions for p in paths]
     with tempfile.TemporaryDirectory(prefix="compat-row-") as tmp:
-        for i, (dst, path) in enumerate((d, p) for d in versions for p in paths):
+        def one(i: int):
             workdir = Path(tmp) / f"cell{i}"
             workdir.mkdir()
-            cells.append(run_cell(compat_target, src, dst, path, workdir, device_id))
+            return run_cell(compat_target, src, *pairs[i], workdir, device_id)
+
+        # Cells mostly wait (simulator start-up, device timeouts), so a few run at once; each has its own
+        # simulators and state directories.
+        with ThreadPoolExecutor(max_workers=CELLS_AT_ONCE) as pool:
+            cells = list(pool.map(one, range(len(pairs))))
     return Matrix(compat_target.name, [v.name for v in versions], cells)
 
 
