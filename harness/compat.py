@@ -174,11 +174,17 @@ def _judge(cell: Cell, rule: CompatRule, report: Any, difference: str | None) ->
         cell.outcome, cell.detail = RESTORED, rule.reason
 
 
+def row_pairs(target: Target, source: CompatVersion,
+              versions: list[CompatVersion]) -> list[tuple[CompatVersion, str]]:
+    """The cells of one row: every destination on a fresh unit, and on the same unit after an update where
+    the target can update ``source`` to it."""
+    return [(d, p) for d in versions for p in (["fresh", "update"] if target.can_update(source, d) else ["fresh"])]
+
+
 def run_matrix(target: Target, *, jobs: int = 2, device_id: str | None = None,
                progress: Callable[[Cell], None] | None = None) -> Matrix:
     versions = target.compat_versions()
-    paths = ["fresh", "update"] if target.updatable else ["fresh"]
-    pairs = [(s, d, p) for s in versions for d in versions for p in paths]
+    pairs = [(s, d, p) for s in versions for d, p in row_pairs(target, s, versions)]
     with tempfile.TemporaryDirectory(prefix=f"compat-{target.name}-") as tmp:
         def one(i: int) -> Cell:
             s, d, p = pairs[i]

@@ -9,7 +9,7 @@ from pathlib import Path
 import allure
 from pytest_bdd import given, parsers, then, when
 
-from harness.compat import FAIL, Matrix, run_cell, write_reports
+from harness.compat import FAIL, Matrix, row_pairs, run_cell, write_reports
 from harness.targets import get_target
 from harness.targets.base import Target
 
@@ -32,8 +32,7 @@ def run_row(compat_target: Target, source: str, bench) -> Matrix:
     assert src is not None, f"{source} is not a declared {compat_target.name} version"
     spec = next((d for d in bench.devices.values() if d.target == compat_target.name and d.is_sim), None)
     device_id = spec.sim.device_id if spec else None
-    paths = ["fresh", "update"] if compat_target.updatable else ["fresh"]
-    pairs = [(d, p) for d in versions for p in paths]
+    pairs = row_pairs(compat_target, src, versions)
     with tempfile.TemporaryDirectory(prefix="compat-row-") as tmp:
         def one(i: int):
             workdir = Path(tmp) / f"cell{i}"

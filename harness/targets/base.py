@@ -183,6 +183,11 @@ class Target(ABC):
         """The declared rule for restoring a backup made at ``source`` onto ``destination``."""
         raise NotImplementedError(f"{self.name}: no compatibility rules declared")
 
+    def can_update(self, source: CompatVersion, destination: CompatVersion) -> bool:
+        """Whether a unit at ``source`` can be updated in place to ``destination`` (the matrix's "update"
+        path for this pair). Targets whose updates only go forward narrow it per pair."""
+        return self.updatable
+
     def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
                        destination: CompatVersion) -> dict[str, Any]:
         """What a backup's field view becomes once migrated onto ``destination``: renamed and converted

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import httpx
 
 from harness.errors import BadInput, DeviceError, LinkError
+from harness.writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +407,7 @@ class HttpTransport:
                 # iter_raw() without a size hands over what the socket read gave (re-chunking to a fixed size
                 # copied every byte once more and cost ~40% of the client's CPU on multi-GiB bodies).
                 with open(part, "wb", buffering=0) as f:
+                    behind = Writeback(f.fileno())  # the disk writes while the body arrives; fsync has the tail
                     for chunk in response.iter_raw():
                         f.write(chunk)
                         if digest is not None:
@@ -413,6 +415,7 @@ class HttpTransport:
                         if on_chunk is not None:
                             on_chunk(chunk)
                         done += len(chunk)
+                        behind.advance(done)
                         progress(done, total, "")
                     if total is not None and done != total:
                         raise _Retryable(f"body ended after {done} of {total} bytes")
