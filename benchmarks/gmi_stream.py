@@ -101,7 +101,14 @@ def preparing_s(api: httpx.Client) -> float:
     return at("GMI ready") - at(first)
 
 
+def settle() -> None:
+    """Flush every dirty page before a timed step (not timed), so no step pays for the previous one's
+    writeback: the disk, not the network, is the slowest part of this machine."""
+    os.sync()
+
+
 def curl_backup(api: httpx.Client, base: str, dest: Path) -> tuple[float, int]:
+    settle()
     t0 = time.perf_counter()
     op = api.post("/backups", json={}).json()["operation"]["id"]
     wait_state(api, op, {"ready"})
@@ -114,6 +121,7 @@ def curl_restore(api: httpx.Client, base: str, gmi: Path) -> float:
     info = inspect_gmi(gmi)  # reading the manifest to announce it is the least any client must do
     body = {"confirm": True, "file_name": gmi.name, "file_size_bytes": info.size,
             "manifest_sha256": info.manifest_sha256, "manifest": json.loads(info.manifest_bytes)}
+    settle()
     t0 = time.perf_counter()
     old = api.get("/device").headers["x-boot-id"]
     pre = api.post("/restores", json=body).json()
@@ -128,6 +136,7 @@ def curl_restore(api: httpx.Client, base: str, gmi: Path) -> float:
 def run_child(cmd: list[str], env: dict[str, str], workdir: Path) -> tuple[float, int, str]:
     """Wall time, peak RSS (KiB) of the child itself (os.wait4, not the whole process tree), and its stdout."""
     out_path, err_path = workdir / "child.out", workdir / "child.err"
+    settle()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)

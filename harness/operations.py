@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.errors import BadInput, Refused
@@ -50,9 +51,14 @@ def load_artifact(path: Path, hint: str | None = None) -> tuple[Target, Artifact
     if not path.is_file():
         raise BadInput(f"no such artifact: {path}")
     target = detect_target(path, hint)
-    artifact = target.load_artifact(path)
-    if manifest_path(path).exists():
-        verify_manifest(path)
+    if not manifest_path(path).exists():
+        return target, target.load_artifact(path)
+    # Two independent full reads of a possibly multi-GB file (the target's own checksums, the store
+    # manifest's sha256): hashlib releases the GIL, so they run side by side instead of one after the other.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stored = pool.submit(verify_manifest, path)
+        artifact = target.load_artifact(path)
+        stored.result()
     return target, artifact
 
 

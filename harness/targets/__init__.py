@@ -14,17 +14,14 @@ ALL_TARGETS = ("multispeq", "bactobox", "planktoscope", "neuroomnet", "mobiusflo
 
 @cache
 def available_targets() -> tuple[str, ...]:
-    """Targets whose package is present and defines TARGET (a target under construction is left out)."""
-    names = []
-    for name in ALL_TARGETS:
-        if importlib.util.find_spec(f"harness.targets.{name}") is None:
-            continue
-        if getattr(importlib.import_module(f"harness.targets.{name}"), "TARGET", None) is not None:
-            names.append(name)
-    return tuple(names)
+    """Targets whose package is present (found, not imported: a command imports only the target it uses)."""
+    return tuple(name for name in ALL_TARGETS if importlib.util.find_spec(f"harness.targets.{name}") is not None)
 
 
 def get_target(name: str) -> Target:
     if name not in available_targets():
         raise BadInput(f"unknown target {name!r} (known: {', '.join(available_targets())})")
-    return importlib.import_module(f"harness.targets.{name}").TARGET
+    target = getattr(importlib.import_module(f"harness.targets.{name}"), "TARGET", None)
+    if target is None:
+        raise BadInput(f"target {name!r} is not ready: harness/targets/{name} defines no TARGET")
+    return target

@@ -11,10 +11,17 @@ from __future__ import annotations
 from harness.errors import BadInput
 from harness.transports.base import Transport
 from harness.transports.serial import SerialTransport
-from harness.transports.visa import VisaTransport
 
 __all__ = ["SerialTransport", "Transport", "VisaTransport", "is_visa_address", "make_transport",
            "open_transport"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - ``from harness.transports import VisaTransport`` still works
+    if name == "VisaTransport":
+        from harness.transports.visa import VisaTransport
+
+        return VisaTransport
+    raise AttributeError(name)
 
 
 def is_visa_address(address: str) -> bool:
@@ -28,6 +35,8 @@ def make_transport(address: str) -> Transport:
     if address.lower().startswith(("http://", "https://")):
         raise BadInput(f"{address}: an HTTP address has no byte-stream transport; this target speaks HTTP")
     if is_visa_address(address):
+        from harness.transports.visa import VisaTransport  # pyvisa costs ~70 ms to import: only when used
+
         return VisaTransport(address)
     return SerialTransport(address)
 

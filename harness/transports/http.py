@@ -473,6 +473,7 @@ class HttpTransport:
         end = time.monotonic() + deadline_s
         last = "no answer yet"
         seen_down = False
+        interval = 0.02
         self.reset_connections()  # pooled connections to the old boot are dead
         while True:
             try:
@@ -491,7 +492,10 @@ class HttpTransport:
             if time.monotonic() >= end:
                 raise LinkError(f"{what} at {self.base_url} did not come back within {deadline_s:g} s "
                                 f"(last: {last})")
-            time.sleep(poll_s)
+            # Quick at first (a simulator is back in a fraction of a second), then every poll_s (a real
+            # unit takes tens of seconds: no need to knock a thousand times).
+            time.sleep(min(poll_s, interval))
+            interval *= 1.5
 
 
 class _Unauthorized(Exception):
