@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from harness.durable import DurableFile
 from harness.errors import BadInput, DeviceError, LinkError
-from harness.writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -403,11 +403,11 @@ class HttpTransport:
             done = 0
             progress(0, total, message)
             try:
-                # Unbuffered file: each piece goes to the kernel as it is, no copy into a Python-side buffer.
                 # iter_raw() without a size hands over what the socket read gave (re-chunking to a fixed size
                 # copied every byte once more and cost ~40% of the client's CPU on multi-GiB bodies).
-                with open(part, "wb", buffering=0) as f:
-                    behind = Writeback(f.fileno())  # the disk writes while the body arrives; fsync has the tail
+                # Durable when closed, written while the body arrives (harness/durable.py: O_DIRECT for big
+                # bodies, so a multi-GiB GMI is on disk at the disk's speed, not the page cache's writeback).
+                with DurableFile(part, total) as f:
                     for chunk in response.iter_raw():
                         f.write(chunk)
                         if digest is not None:
@@ -415,11 +415,9 @@ class HttpTransport:
                         if on_chunk is not None:
                             on_chunk(chunk)
                         done += len(chunk)
-                        behind.advance(done)
                         progress(done, total, "")
                     if total is not None and done != total:
                         raise _Retryable(f"body ended after {done} of {total} bytes")
-                    os.fsync(f.fileno())
                 sha = digest.hexdigest() if digest is not None else None
             finally:
                 if digest is not None:
