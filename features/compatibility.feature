@@ -23,6 +23,13 @@ Feature: A backup made under one version restores onto another as the target dec
       | multispeq | 1.17 (E)   |
       | multispeq | 1.19 (F)   |
 
+    @target_bactobox
+    Examples:
+      | target   | source |
+      | bactobox | 2.2.0  |
+      | bactobox | 2.6.3  |
+      | bactobox | 3.1.0  |
+
     @target_neuroomnet
     Examples:
       | target     | source |

@@ -144,6 +144,7 @@ def run_cell(target: Target, source: CompatVersion, destination: CompatVersion, 
                     _judge(cell, rule, report, _compare(target, artifact, readback, rule, source, destination))
                     return cell
         with units.unit(destination, "destination") as dst, units.driver(dst) as driver:
+            target.compat_fresh_unit(dst.control)
             try:
                 report = restore_from(driver, target, artifact, store, address=dst.address,
                                       allow_cross_family=True)

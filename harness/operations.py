@@ -141,7 +141,8 @@ def firmware_update(driver: Driver, target: Target, store: Store, *, address: st
                       "`harness restore --migrate` with the backup taken before")
     saved = backup_to_store(driver, target, store, address=address, reason="before-firmware-update")
     log.info("backup before the firmware update: %s", saved)
-    SimControl(control).set_firmware(firmware, profile)
+    with SimControl(control) as ctl:
+        ctl.set_firmware(firmware, profile)
     driver.close()  # flashing re-enumerates the port; the driver opens it afresh
     report = restore_from(driver, target, saved, store, address=address, allow_cross_family=True)
     return saved, report

@@ -3,6 +3,7 @@ re-login, streamed download/upload with sha256 and progress, waiting out a reboo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -38,6 +39,7 @@ class App:
         self.uploaded = b""
         self.boot = 1
         self.drop_next = False
+        self.hang_next_s = 0.0
 
     def starlette(self) -> Starlette:
         async def flaky(request: Request) -> Response:
@@ -74,6 +76,9 @@ class App:
             return HTMLResponse("<html><body>502 Bad Gateway</body></html>", 502)
 
         async def info(request: Request) -> Response:
+            if self.hang_next_s:  # an old server that accepted the connection and will never answer in time
+                hang, self.hang_next_s = self.hang_next_s, 0.0
+                await asyncio.sleep(hang)
             return JSONResponse({"boot": self.boot})
 
         return Starlette(routes=[Route("/flaky", flaky, methods=["GET", "POST"]), Route("/private", private),
@@ -233,6 +238,25 @@ def test_wait_for_reboot(server) -> None:
             return info if info["boot"] == 2 else None
 
         assert t.wait_for_reboot(probe, deadline_s=10, poll_s=0.05) == {"boot": 2}
+
+
+def test_a_hanging_probe_costs_the_probe_timeout_not_the_read_timeout(server) -> None:
+    app, srv = server
+    app.boot, app.hang_next_s = 2, 2.0
+    with _t(srv, timeout=30) as t:
+        start = time.monotonic()
+        info = t.wait_for_reboot(lambda: t.json("GET", "/info", retry=False), deadline_s=10, probe_timeout_s=0.3)
+        assert info == {"boot": 2} and time.monotonic() - start < 1.5
+        assert t.client.timeout.read == 30  # the normal timeout is back for the next requests
+
+
+def test_a_closed_transport_reopens_on_next_use(server) -> None:
+    _app, srv = server
+    t = _t(srv)
+    assert t.json("GET", "/info") == {"boot": 1}
+    t.close()
+    assert t.json("GET", "/info") == {"boot": 1}
+    t.close()
 
 
 def test_wait_for_reboot_deadline(server) -> None:

@@ -188,6 +188,11 @@ class Target(ABC):
         path for this pair). Targets whose updates only go forward narrow it per pair."""
         return self.updatable
 
+    def compat_fresh_unit(self, control: str | None) -> None:  # noqa: B027 - optional hook
+        """The matrix's "fresh unit at the destination version", just started: where a simulator's first start
+        seeds more than a fresh unit holds (demo data), take it away through ``control`` (its control plane).
+        Default: the unit as started."""
+
     def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
                        destination: CompatVersion) -> dict[str, Any]:
         """What a backup's field view becomes once migrated onto ``destination``: renamed and converted

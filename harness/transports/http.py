@@ -245,6 +245,14 @@ class HttpTransport:
         return httpx.Client(base_url=self.base_url, verify=self._verify, timeout=self.timeout,
                             trust_env=False, headers=self._headers)
 
+    @property
+    def client(self) -> httpx.Client:
+        # A closed transport reopens on next use: a driver closed before a firmware update (which talks to
+        # the unit through its own control channel) is used again afterwards.
+        if self._client.is_closed:
+            self._client = self._new_client()
+        return self._client
+
     def close(self) -> None:
         self._client.close()
 
@@ -280,7 +288,7 @@ class HttpTransport:
             all_headers = dict(headers or {})
             if auth and self.auth is not None:
                 all_headers.update(self.auth.headers(self))
-            return self._client.request(method, path, json=json, params=params, headers=all_headers,
+            return self.client.request(method, path, json=json, params=params, headers=all_headers,
                                         content=content,
                                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
 
@@ -388,7 +396,7 @@ class HttpTransport:
                        progress: ProgressFn, timeout: float | httpx.Timeout | None, message: str,
                        on_chunk: Callable[[bytes], None] | None = None, sha256: bool = True) -> Download:
         headers = self.auth.headers(self) if self.auth is not None else {}
-        with self._client.stream("GET", path, params=params, headers=headers,
+        with self.client.stream("GET", path, params=params, headers=headers,
                                  timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT) as response:
             if response.status_code == 401 and self.auth is not None:
                 raise _Unauthorized()
@@ -452,7 +460,7 @@ class HttpTransport:
             all_headers = {"Content-Type": content_type, "Content-Length": str(total), **(headers or {})}
             if self.auth is not None:
                 all_headers.update(self.auth.headers(self))
-            return self._client.request(method.upper(), path, content=body(), headers=all_headers,
+            return self.client.request(method.upper(), path, content=body(), headers=all_headers,
                                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
 
         response = self._with_retries(method.upper(), path, send, safe=False)
@@ -461,18 +469,29 @@ class HttpTransport:
     # -- reboots ----------------------------------------------------------------------------------------
 
     def wait_for_reboot(self, probe: Callable[[], T | None], *, deadline_s: float, poll_s: float = 0.2,
-                        what: str = "the unit") -> T:
+                        what: str = "the unit", probe_timeout_s: float = 5.0) -> T:
         """Wait for the API to go away and come back: ``probe()`` returns a value once the unit is up again
         (e.g. a new boot ID and state running), None while it is still the old boot or not ready.
 
         Connection errors, timeouts, and 502/503/504 (whatever the body: a proxy's HTML page is not parsed)
         count as "not up yet". LinkError with the last reason at the deadline.
         """
+        self.reset_connections()  # pooled connections to the old boot are dead
+        # Probes get a short timeout: one that lands on the old server while it shuts down can otherwise
+        # hang until the full read timeout although the new boot is already answering.
+        limit = min(probe_timeout_s, deadline_s)
+        self.client.timeout = httpx.Timeout(limit, connect=min(2.0, limit))
+        try:
+            return self._poll_until_up(probe, deadline_s=deadline_s, poll_s=poll_s, what=what)
+        finally:
+            self.client.timeout = self.timeout
+
+    def _poll_until_up(self, probe: Callable[[], T | None], *, deadline_s: float, poll_s: float,
+                       what: str) -> T:
         end = time.monotonic() + deadline_s
         last = "no answer yet"
         seen_down = False
         interval = 0.02
-        self.reset_connections()  # pooled connections to the old boot are dead
         while True:
             try:
                 result = probe()

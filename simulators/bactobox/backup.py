@@ -3,6 +3,12 @@
 A mixin of ``BactoBox`` (device.py): it uses the device's lock, disk, clock and operation bookkeeping. The GMI
 is never stored: its layout is planned from the preparing pass (sizes, CRC-32s, manifest), and the bytes are
 produced from the disk image chunk by chunk as the client reads them.
+
+Format 3 (software 3.1.0): the data partition goes into the GMI as ``parts/data.sparse`` (§4.6). The
+preparing pass hashes the whole partition (the manifest's ``sha256`` is the expanded image's) and finds the
+end of its last non-zero block; the sparse image is one raw chunk up to there and one zero chunk for the
+rest, and a second read of the raw part gives the stored entry's CRC-32 and sha256. Streaming sends the
+raw chunk from the disk; the zeros are never read again.
 """
 
 from __future__ import annotations
@@ -16,14 +22,34 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from harness.errors import BadInput
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import ZipPlan, gmi_entries, stream_gmi
+from harness.targets.bactobox.gmi import SparseLayout, ZipPlan, gmi_entries, stream_gmi
 from simulators.bactobox import disk as D
 from simulators.bactobox import profiles as P
 from simulators.bactobox.operations import ApiRefusal, Operation, Pacer, iso
 from simulators.core.http_faults import InjectedDrop
 
 log = logging.getLogger(__name__)
+
+SPARSE_PARTS = {3: ("data",)}  # by GMI format: the parts written as sparse images
+_ZERO_CHUNK = bytes(D.CHUNK)
+_ZERO_BLOCK = bytes(S.SPARSE_BLOCK)
+
+
+def used_end(chunk: bytes, offset: int, used: int) -> int:
+    """The end of the last non-zero block, given one more chunk of a partition at ``offset`` (chunks start
+    on a block boundary) and the end found so far. An all-zero chunk costs one memcmp."""
+    if chunk == (_ZERO_CHUNK if len(chunk) == len(_ZERO_CHUNK) else bytes(len(chunk))):
+        return used
+    block = S.SPARSE_BLOCK
+    end = -(-len(chunk) // block) * block
+    while end > 0:
+        piece = chunk[end - block:end]
+        if piece != _ZERO_BLOCK[:len(piece)]:
+            break
+        end -= block
+    return max(used, offset + end)
 
 
 def human_size(n: int) -> str:
@@ -45,6 +71,14 @@ class BackupMixin:
                 raise ApiRefusal(409, "recovery_mode", "The BactoBox is in recovery mode after an incomplete "
                                                        "restore. Restore a GMI file to continue.")
             total = sum(r.size for r in self.regions)
+            if self.version_info and "data" in SPARSE_PARTS.get(self.version_info.writes_format, ()):
+                # The sparse data part holds what the store has written (§4.6): estimated from its end.
+                try:
+                    end = self._store().superblock()["end_offset"]
+                except BadInput:
+                    end = D.region(self.regions, "data").size
+                data = D.region(self.regions, "data")
+                total += SparseLayout.used_prefix(end, data.size).stored_size - data.size
             usb = P.USB_BYTES_S * self.disk.size / P.NOMINAL_DISK_BYTES
             read = P.DISK_READ_BYTES_S * self.disk.size / P.NOMINAL_DISK_BYTES
             return {"estimated_size_bytes": total + 64 * 1024, "estimated_duration_s": int(total / read + total / usb),
@@ -74,27 +108,47 @@ class BackupMixin:
             op.log(f"Partition table: {len(regions) - 1} partitions, layout L2, disk {human_size(self.disk.size)}")
             total = sum(r.size for r in regions)
             pacer = Pacer(self.rate(P.DISK_READ_BYTES_S, "disk_read_mb_s"))
+            sparse = SPARSE_PARTS.get(self.version_info.writes_format, ())
+            # name -> (sha256 of the partition, CRC-32 of its ZIP entry); sparse parts also get a layout
+            # and the sha256 of their stored bytes.
             digests: dict[str, tuple[str, int]] = {}
+            layouts: dict[str, tuple[SparseLayout, str]] = {}
             done = 0
             for i, r in enumerate(regions, start=1):
                 op.log(f"Hashing {r.name} ({i} of {len(regions)}, {human_size(r.size)})")
                 sha = hashlib.sha256()
                 crc = 0
+                used = 0
+                pos = 0
                 for chunk in self.disk.chunks(r.offset, r.size):
                     sha.update(chunk)
-                    crc = zlib.crc32(chunk, crc)
+                    if r.name in sparse:
+                        used = used_end(chunk, pos, used)
+                    else:
+                        crc = zlib.crc32(chunk, crc)
+                    pos += len(chunk)
                     done += len(chunk)
                     pacer.advance(len(chunk))
                     op.set_progress(5.0 * done / total, done=done, total=total, step=1, steps=6)
                     if op.extra.get("powered_off"):
                         return
+                if r.name in sparse:
+                    layout = SparseLayout.used_prefix(used, r.size)
+                    stored = hashlib.sha256()
+                    for piece in layout.stream(lambda at, n, r=r: self.disk.chunks(r.offset + at, n)):
+                        stored.update(piece)
+                        crc = zlib.crc32(piece, crc)
+                        pacer.advance(len(piece))
+                        if op.extra.get("powered_off"):
+                            return
+                    layouts[r.name] = (layout, stored.hexdigest())
                 digests[r.name] = (sha.hexdigest(), crc)
-            manifest = self._manifest(op, regions, digests)
+            manifest = self._manifest(op, regions, digests, layouts)
             manifest_bytes = manifest.to_json()
             force64 = bool(self.faults and self.faults.get("force_zip64"))
             plan = ZipPlan(gmi_entries(manifest_bytes, [(p, digests[p.name][1]) for p in manifest.parts]),
                            modified=op.extra["created"], force_zip64=force64)
-            op.extra.update(plan=plan, manifest_bytes=manifest_bytes, digests=digests,
+            op.extra.update(plan=plan, manifest_bytes=manifest_bytes, digests=digests, layouts=layouts,
                             manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), regions=regions)
             name = op.extra["file_name"]
             op.log(f"GMI ready: {name} ({human_size(plan.total_size)})")
@@ -123,7 +177,8 @@ class BackupMixin:
             op.fail("write_error", f"The device could not read its storage ({exc}).", line_prefix="Backup failed")
             self._retire(op)
 
-    def _manifest(self, op: Operation, regions: list[D.Region], digests: dict[str, tuple[str, int]]) -> S.Manifest:
+    def _manifest(self, op: Operation, regions: list[D.Region], digests: dict[str, tuple[str, int]],
+                  layouts: dict[str, tuple[SparseLayout, str]]) -> S.Manifest:
         env = D.read_env(self.disk, D.region(regions, "boot"))
         values = env.current.values if env else {}
         store = self._store()
@@ -134,10 +189,16 @@ class BackupMixin:
                 last = rec
         parts = []
         for r in regions:
-            parts.append(S.ManifestPart(
+            part = S.ManifestPart(
                 name=r.name, file=f"parts/{r.name}.img", start_lba=r.start_lba, size_bytes=r.size,
                 sha256=digests[r.name][0], mbr_index=r.mbr_index,
-                type=f"0x{r.type:02x}" if r.type is not None else None))
+                type=f"0x{r.type:02x}" if r.type is not None else None)
+            if r.name in layouts:
+                # Format 3 (§3.3): size_bytes and sha256 describe the expanded partition, the stored_* the entry.
+                layout, stored_sha = layouts[r.name]
+                part.file, part.encoding = f"parts/{r.name}.sparse", "sparse"
+                part.stored_size_bytes, part.stored_sha256 = layout.stored_size, stored_sha
+            parts.append(part)
         signature = int.from_bytes(self.disk.read(440, 4), "little")
         info = self.version_info
         return S.Manifest(
@@ -186,6 +247,7 @@ class BackupMixin:
         plan: ZipPlan = op.extra["plan"]
         regions: list[D.Region] = op.extra["regions"]
         digests = op.extra["digests"]
+        layouts: dict[str, tuple[SparseLayout, str]] = op.extra["layouts"]
         total = plan.total_size
         pacer = Pacer(self.rate(P.USB_BYTES_S, "usb_mb_s"))
         faults = self.faults
@@ -200,10 +262,14 @@ class BackupMixin:
         def part_chunks(index: int) -> Iterator[bytes]:
             nonlocal sent
             r = regions[index - 2]
-            op.log(f"Sending {r.name} ({index - 1} of {len(regions)}, {human_size(r.size)})")
+            op.log(f"Sending {r.name} ({index - 1} of {len(regions)}, {human_size(plan.entries[index].size)})")
             crc = 0
             start = plan.data_offset(index)  # file offset of the next chunk
-            for chunk in self.disk.chunks(r.offset, r.size):
+            if r.name in layouts:  # the stored bytes of a sparse part: headers and the raw chunk, no zeros
+                source = layouts[r.name][0].stream(lambda at, n: self.disk.chunks(r.offset + at, n))
+            else:
+                source = self.disk.chunks(r.offset, r.size)
+            for chunk in source:
                 # Re-checked while sent against the preparing pass (§3.4): with the CRC-32 this entry's local
                 # header already announced, which the device must match anyway and costs a third of a sha256.
                 crc = zlib.crc32(chunk, crc)

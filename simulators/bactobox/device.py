@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEVICE_ID = "bb2241039"
 DEFAULT_VERSION = "2.6.3"
-SIM_VERSIONS = ("2.2.0", "2.6.3")  # versions the simulator runs (layout L2, GMI format 2)
+SIM_VERSIONS = ("2.2.0", "2.6.3", "3.1.0")  # versions the simulator runs (layout L2; GMI formats 2 and 3)
 MODEL = "BactoBox"
 FLASH_NAME = "flash.json"
 DISK_NAME = "disk.img"
@@ -185,7 +185,7 @@ class BactoBox(BackupMixin, RestoreMixin):
                            "boot_count": "0"})
             info = get_version(version)
             if info.env_format != int(values.get("env_format", "1")):
-                # 2.2.0 <-> 2.6.3 changes the environment format: the updater rewrites the whole area.
+                # 2.2.0 <-> 2.6.3 or 3.1.0 changes the environment format: the updater rewrites the whole area.
                 values["env_format"] = str(info.env_format)
                 D.write_boot_partition(self.disk, boot, values, info.env_format, version)
             else:

@@ -150,6 +150,10 @@ class BactoBoxSimulator(HttpSimulator):
     def set_firmware(self, firmware: str, profile: str | None = None) -> dict[str, Any]:
         """A normal software update (keeps data), then the unit restarts. ``profile`` cannot change a disk."""
         result = self.device.upgrade(firmware)
+        # The updated unit restarts: from here its services are down ([modelled] 503 starting, then the
+        # restart's phases), so no request can reach the old boot once the update is in.
+        self._boot_gen += 1
+        self.unavailable = self._starting()
         self.reboot_later(0.05)
         return {**result, "rebooting": True}
 

@@ -1,7 +1,7 @@
 """Size profiles of the simulated BactoBox storage (targets/bactobox.md §4.1) and the timing model (§2.10).
 
 A profile fixes the disk size and the partition sizes of layout L2: a 1 MiB head (MBR), then boot, system0,
-system1, and data to the end of the disk rounded down to 1 MiB. ``tiny``/``small`` are for tests,
+system1, and data to the end of the disk rounded down to 1 MiB. ``micro``/``tiny``/``small`` are for tests,
 ``bench-*`` for benchmarks; every one is a sparse file, so an 8 GiB disk costs what is written to it.
 """
 
@@ -42,6 +42,9 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     p.name: p for p in (
+        # [modelled, not in the spec's table] The smallest disk layout L2 allows (1 MiB alignment: head,
+        # boot, two slots of 1 MiB, 2 MiB of data): the compatibility matrix and the committed goldens.
+        Profile("micro", 6 * MIB, 1 * MIB, 1 * MIB, 20),
         Profile("tiny", 32 * MIB, 2 * MIB, 6 * MIB, 50),
         Profile("small", 256 * MIB, 8 * MIB, 48 * MIB, 200),
         Profile("bench-1g", 1 * GIB, 32 * MIB, 192 * MIB, 1000, 64 * 1024),

@@ -3,6 +3,11 @@
 A mixin of ``BactoBox`` (device.py) and the ``RestoreSink`` that consumes the upload. Nothing touches the disk
 before the uploaded manifest matches the preflight; from the first image byte on, the SPI flash records an
 incomplete restore, so a power cut from there boots into recovery.
+
+GMI formats 2 and 3 are restored (which of them a unit reads is its version's rule, §5). A format-3 sparse
+part is expanded as it arrives (``SparseExpander``): raw chunks are written where they belong, zero chunks
+punch holes, and the expanded bytes are hashed on the way and checked against the manifest's (expanded)
+sha256 at the end of the part.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from typing import Any
 
 from harness.errors import BadInput, Refused
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import GmiStreamError, GmiStreamReader
+from harness.targets.bactobox.gmi import GmiStreamError, GmiStreamReader, SparseExpander, fill_pieces
 from harness.targets.bactobox.versions import restore_verdict
+from simulators.bactobox import disk as D
 from simulators.bactobox import profiles as P
 from simulators.bactobox.backup import human_size
 from simulators.bactobox.operations import ApiRefusal, Operation, OperationFailed, Pacer, iso
 
 log = logging.getLogger(__name__)
+
+RESTORED_FORMATS = (2, 3)  # what the simulator can write; the unit's version still decides what it reads
 
 
 class RestoreMixin:
@@ -67,10 +75,10 @@ class RestoreMixin:
                 code, _, message = str(exc).partition(": ")
                 raise ApiRefusal(422, code, message, details={"format": manifest.format,
                                                               "reads_formats": list(reads)}) from None
-            if manifest.format != 2:
-                # Only format 2 is modelled end to end (docs/targets/bactobox.md).
-                raise ApiRefusal(422, "gmi_format_unsupported", f"This simulator restores GMI format 2 only; this "
-                                                                f"file has format {manifest.format}.")
+            if manifest.format not in RESTORED_FORMATS:
+                # Format 1 (software 1.x, one deflated disk image) is not modelled (docs/targets/bactobox.md).
+                raise ApiRefusal(422, "gmi_format_unsupported", f"This simulator restores GMI formats 2 and 3 "
+                                                                f"only; this file has format {manifest.format}.")
             disk_size = self.disk.size
             smaller = self.faults.get("disk_smaller") if self.faults else None
             if smaller:
@@ -170,6 +178,7 @@ class RestoreSink:
         self.parts = {p.file: p for p in self.manifest.parts}
         self.index = {p.file: i for i, p in enumerate(self.manifest.parts, start=1)}
         self.current: tuple[str, int, Any] | None = None  # (file, written, sha)
+        self.expander: SparseExpander | None = None  # the sparse part being expanded
         self.touched = False
         power = device.faults.get("power_loss_at") if device.faults else None
         self.power_cut_at = int(power["fraction"] * self.total) if power and power["phase"] == "receiving" else None
@@ -192,20 +201,60 @@ class RestoreSink:
         if self.current is None or self.current[0] != file:
             self.op.log(f"Writing {part.name} ({self.index[file]} of {len(self.parts)}, {human_size(part.size_bytes)})")
             self.current = (file, 0, hashlib.sha256())
+            self.expander = None
+            if part.encoding == "sparse":
+                self.expander = SparseExpander(part.name, part.size_bytes, on_raw=self._write_expanded,
+                                               on_fill=self._fill_expanded)
         if not self.touched:
             # The first destructive write: from here a cut leaves the disk half old, half new.
             self.device.flash["recovery"] = {"reads_formats": self.op.extra["reads"],
                                              "software": self.op.extra["software"], "operation": self.op.id}
             self.device.flash.save()
             self.touched = True
-        name, written, sha = self.current
-        self.device.disk.write(part.start_lba * S.SECTOR + written, view)
+        if self.expander is not None:
+            try:
+                self.expander.feed(view)
+            except BadInput as exc:
+                raise self._malformed(part, exc) from None
+            return
+        self._write_expanded(self.current[1], view)
+
+    def _write_expanded(self, offset: int, view: memoryview) -> None:
+        """Bytes of the current part's image at ``offset`` (raw data, or a sparse part's raw chunk)."""
+        assert self.current is not None
+        file, written, sha = self.current
+        self.device.disk.write(self.parts[file].start_lba * S.SECTOR + offset, view)
         sha.update(view)
-        self.current = (name, written + len(view), sha)
+        self.current = (file, written + len(view), sha)
+
+    def _fill_expanded(self, offset: int, size: int, pattern: bytes) -> None:
+        """A sparse part's zero or fill chunk: zeros become a hole in the disk image (no bytes written)."""
+        assert self.current is not None
+        file, written, sha = self.current
+        at = self.parts[file].start_lba * S.SECTOR + offset
+        if pattern == bytes(4):
+            D.zero_tail(self.device.disk, at, size)
+        for piece in fill_pieces(size, pattern):
+            if pattern != bytes(4):
+                self.device.disk.write(at, piece)
+                at += len(piece)
+            sha.update(piece)
+        self.current = (file, written + size, sha)
+
+    def _malformed(self, part: S.ManifestPart, exc: Exception) -> GmiStreamError:
+        return GmiStreamError("part_hash_mismatch", f"{part.name}: the sparse image is malformed ({exc}). The "
+                                                    f"device is in recovery mode. Restore a valid GMI file to "
+                                                    f"continue.")
 
     def _part_end(self, file: str) -> None:
         assert self.current is not None
         part = self.parts[file]
+        if self.expander is not None:
+            try:
+                self.expander.finish()
+            except BadInput as exc:
+                raise self._malformed(part, exc) from None
+            self.expander = None
         got = self.current[2].hexdigest()
         self.current = None
         if got != part.sha256:

@@ -60,6 +60,7 @@ from harness.targets.neuroomnet.versions import (
     apply_verdict,
     import_verdict,
     release,
+    update_refusal,
 )
 from harness.ziparchive import Member
 from simulators.core.api_error import DeviceApiError
@@ -283,17 +284,35 @@ class NeuroomNetServer:
                  rel.config_schema)
 
     def upgrade(self, version: str) -> dict[str, Any]:
-        """A software update: the version changes and the configuration is migrated in place (``_sim/upgrade``)."""
+        """The new software's first start on this database: the configuration is migrated in place.
+
+        Forward only, and only from a schema the new release can migrate (``versions.update_refusal``);
+        a refusal is ``BadInput`` and changes nothing. The same version is a reinstall: nothing to migrate.
+        """
         new = release(version)
         old = self.release
-        if new.config_schema < self.schema():
-            raise BadInput(f"NeuroomNet cannot be downgraded from {old.version} to {new.version} (its database "
-                           f"is schema {self.schema()})")
-        with self._tx() as c:
-            migrate(c, self.schema(), new.config_schema, time_zone=self.meta("time_zone") or "UTC")
-            c.execute("INSERT OR REPLACE INTO server_meta VALUES ('software_version', ?)", (new.version,))
-        log.info("upgraded %s -> %s", old.version, new.version)
-        return {"software_version": new.version, "config_schema": new.config_schema}
+        schema = self.schema()
+        refusal = update_refusal(old, schema, new)
+        if refusal is not None:
+            raise BadInput(refusal)
+        if new.version != old.version or new.config_schema != schema:
+            with self._tx() as c:
+                migrate(c, schema, new.config_schema, time_zone=self.meta("time_zone") or "UTC")
+                c.execute("INSERT OR REPLACE INTO server_meta VALUES ('software_version', ?)", (new.version,))
+                if new.config_schema != schema:
+                    self._touch_config(c)  # the rows were rewritten: an earlier safety point is stale
+            log.info("upgraded %s -> %s (schema %d -> %d)", old.version, new.version, schema, new.config_schema)
+        return {"software_version": new.version, "config_schema": new.config_schema, "previous": old.version}
+
+    def update_software(self, version: str) -> dict[str, Any]:
+        """A software update of the running server (``_sim/upgrade``, ``_sim/firmware``): refused while a backup
+        operation runs; the database is migrated in place and the server starts again (a new instance id; the
+        interface ends the sessions, which live in its memory)."""
+        with self.lock:
+            self._busy()
+            result = self.upgrade(version)
+        self.boot()
+        return {**result, "instance_id": self.instance_id}
 
     def _ensure_admin(self) -> None:
         """The simulator's --username/--password-file account exists with that password (an installer's job)."""

@@ -9,7 +9,8 @@ socket is closed (connection refused), then ``503 starting``, then up with a new
 
 Control routes beyond the standard ones (simulators/core/http.py):
 
-- ``POST /_sim/upgrade {version}``: software update, migrating the configuration in place (also ``/firmware``);
+- ``POST /_sim/upgrade {version}``: software update, migrating the configuration in place, then an instant
+  restart (also ``/firmware``); forward only;
 - ``POST /_sim/config/components {count, module}``: add components; ``POST /_sim/config/mutate {kind}``:
   change the configuration (``setting``, ``component``, ``schedule``), bumping ``config_changed_at``;
 - ``POST /_sim/users {name, password, role}``: add a user;
@@ -38,7 +39,7 @@ from starlette.routing import BaseRoute, Route
 from harness.errors import BadInput
 from harness.ziparchive import write_zip, zip_size
 from simulators.core.auth import Session, Sessions, TokenRejected, bearer
-from simulators.core.control import ControlPlane, require
+from simulators.core.control import ControlError, ControlPlane, require
 from simulators.core.faults import Param
 from simulators.core.http import MIN_DOWN, HttpSimulator
 from simulators.core.options import SimOptions
@@ -120,7 +121,21 @@ class NeuroomNetSimulator(HttpSimulator):
                 "faults": self.faults.describe(), "local_copy_root": str(self.device.local_copy_root)}
 
     def set_firmware(self, firmware: str, profile: str | None = None) -> dict[str, Any]:
-        return self.device.upgrade(firmware)
+        """A software update in place (``profile`` is ignored: an update keeps the configuration).
+
+        [modelled] The installer stops the server, the new release migrates the database on its first start,
+        and the server is up again with a new instance id and no sessions (they live in memory, §2.1). The
+        restart is instant here, so whatever a client sends after this answer meets the new server: the
+        §2.7 restart window is the apply's to model. Refused (nothing changed) while a backup operation
+        runs (409), for a downgrade or a schema the new release cannot migrate from (400).
+        """
+        with self._power_lock:
+            try:
+                result = self.device.update_software(firmware)
+            except ServerError as exc:
+                raise ControlError(exc.message, exc.status) from None
+            self.sessions.reboot()
+        return {**result, "restarted": True}
 
     def faults_changed(self) -> None:
         super().faults_changed()
@@ -132,7 +147,7 @@ class NeuroomNetSimulator(HttpSimulator):
 
     def register_routes(self, plane: ControlPlane) -> None:
         super().register_routes(plane)
-        plane.add("POST", "/upgrade", lambda body: self.device.upgrade(require(body, "version", str)))
+        plane.add("POST", "/upgrade", lambda body: self.set_firmware(require(body, "version", str)))
         plane.add("POST", "/config/components", self._sim_components)
         plane.add("POST", "/config/mutate", self._sim_mutate)
         plane.add("POST", "/users", self._sim_user)

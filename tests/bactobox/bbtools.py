@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import write_gmi
+from harness.targets.bactobox.gmi import SparseLayout, write_gmi
 from simulators.core.options import SimOptions
 
 KIB = 1024
@@ -50,6 +50,25 @@ def make_gmi(path: Path, *, seed: int = 0, force_zip64: bool = False, **manifest
     datas = [part_bytes(n, size, seed) for n, _, size in LAYOUT]
     manifest = make_manifest(datas, **manifest_changes)
     return write_gmi(path, manifest, [io.BytesIO(d) for d in datas], force_zip64=force_zip64)
+
+
+def sparse_bytes(data: bytes) -> tuple[bytes, SparseLayout]:
+    """A partition image as the stored bytes of a format-3 sparse part (raw to its last non-zero block)."""
+    layout = SparseLayout.used_prefix(len(data.rstrip(b"\0")), len(data))
+    return b"".join(layout.stream(lambda at, n: [data[at:at + n]])), layout
+
+
+def make_sparse_gmi(path: Path, *, seed: int = 0, data: bytes | None = None, **manifest_changes: Any) -> Path:
+    """A format-3 GMI (software 3.1.0) of the scale-model layout: ``parts/data.sparse`` (of ``data``)."""
+    datas = [part_bytes(n, size, seed) for n, _, size in LAYOUT]
+    if data is not None:
+        datas[-1] = data
+    manifest = make_manifest(datas, format=3, version="3.1.0", **manifest_changes)
+    stored, _ = sparse_bytes(datas[-1])
+    data = manifest.parts[-1]
+    data.file, data.encoding = "parts/data.sparse", "sparse"
+    data.stored_size_bytes, data.stored_sha256 = len(stored), hashlib.sha256(stored).hexdigest()
+    return write_gmi(path, manifest, [io.BytesIO(d) for d in datas[:-1]] + [stored])
 
 
 def flip_byte(path: Path, offset: int) -> None:

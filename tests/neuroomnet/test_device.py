@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from nn_helpers import make_db, rewrite_zip
 
+from harness.errors import BadInput
 from harness.targets.neuroomnet.artifact import load_zip
 from harness.targets.neuroomnet.schema import APP_ID_LIVE, APP_ID_SNAPSHOT, check_snapshot_header
 from harness.ziparchive import write_zip
@@ -217,6 +218,38 @@ def test_cross_version_migrate_refuse_and_too_old(tmp_path):
     assert mid.current_summary()["config_digest"] == state
     too_old = upload_import(new, old_zip)
     assert too_old["error"]["code"] == "restore_point_too_old"
+
+
+def test_a_software_update_migrates_in_place_forward_only(tmp_path):
+    s = server(tmp_path, "u", "4.0.2")
+    s.config_update("component", "5", {"address": "10.55.0.5"})
+    before, changed_at, instance = s.current_summary(), s.meta("config_changed_at"), s.instance_id
+    answer = s.update_software("4.2.0")
+    assert answer == {"software_version": "4.2.0", "config_schema": 20, "previous": "4.0.2",
+                      "instance_id": s.instance_id}
+    assert s.instance_id != instance  # the server started again
+    assert (s.system()["software_version"], s.schema()) == ("4.2.0", 20)
+    assert "time_zone" in s.config_rows("schedule")[0]  # the 20 layout, rows kept
+    assert next(r for r in s.config_rows("component") if r["id"] == 5)["address"] == "10.55.0.5"
+    assert s.current_summary()["summary_digest"] == before["summary_digest"]  # §3.5: every step keeps it
+    assert s.meta("config_changed_at") > changed_at  # the rows were rewritten: older safety points are stale
+    with pytest.raises(BadInput, match="downgraded from 4.2.0 to 4.0.2"):
+        s.update_software("4.0.2")
+    op = s.create_restore_point("busy")
+    with pytest.raises(ServerError) as busy:
+        s.update_software("5.0.0")
+    assert busy.value.code == "operation_running"
+    assert finish(s, op)["state"] == "succeeded"
+    assert (s.system()["software_version"], s.schema()) == ("4.2.0", 20)  # both refusals changed nothing
+    s.close()
+    # `sim run --firmware 5.0.0` on the same state directory: the new release's first start migrates it.
+    again = server(tmp_path, "u", "5.0.0")
+    assert (again.system()["software_version"], again.schema()) == ("5.0.0", 22)
+    assert again.current_summary()["summary_digest"] == before["summary_digest"]
+    old = server(tmp_path, "o", "3.9.4", "srv-0000000e")
+    with pytest.raises(BadInput, match="Update it to 4.0 first"):
+        old.update_software("5.0.0")
+    assert old.schema() == 17
 
 
 def test_power_cut_interrupts_running_operations(tmp_path):

@@ -87,3 +87,14 @@ def test_hostile_and_corrupted_zips_exit_2_and_change_nothing(server, tmp_path):
         assert c.get("/api/system-restore/current-summary").json()["config_digest"] == before
         assert len(c.get("/api/system-restore/local-copies").json()["local_copies"]) == 1  # nothing uploaded
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_sim_run_on_an_existing_state_updates_it_forward_only(tmp_path):
+    state = tmp_path / "state"
+    with start_simulator(SimOptions(target="neuroomnet", state=state, firmware="3.9.4")) as proc:
+        sid = proc.info["device_id"]
+    refused = harness("sim", "run", "neuroomnet", "--state", str(state), "--firmware", "5.0.0")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "5.0.0 can migrate configurations from schema 18 on" in refused.stderr
+    with start_simulator(SimOptions(target="neuroomnet", state=state, firmware="4.0.2")) as proc:
+        assert (proc.info["firmware"], proc.info["device_id"]) == ("4.0.2", sid)

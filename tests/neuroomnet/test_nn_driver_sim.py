@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from harness.compare import diff
-from harness.errors import BadInput, DeviceError, Refused
+from harness.errors import BadInput, DeviceError, LinkError, Refused
 from harness.simctl import SimControl
 from harness.targets.neuroomnet import TARGET
 from harness.targets.neuroomnet.driver import NeuroomNetDriver
@@ -120,6 +120,28 @@ def test_older_version_migrates(sim, tmp_path):
         assert plan.verdict.path == (17, 18, 20)
         report = d.restore(plan)
     assert report.verdict == "migrate" and report.migration_path == [17, 18, 20]
+
+
+def test_a_software_update_through_the_control_plane_restarts_the_server(tmp_path):
+    with start(tmp_path, version="4.0.2") as proc, driver(proc) as d:
+        info = d.identify()
+        d.apply_settings(TARGET.distinctive_settings(info, 3))
+        first = save(tmp_path, d.backup(), "first.zip")
+        logins = d._auth.logins
+        with SimControl(proc.control) as ctl:
+            answer = ctl.set_firmware("4.2.0")
+            assert answer["restarted"] and (answer["previous"], answer["config_schema"]) == ("4.0.2", 20)
+            with pytest.raises(LinkError, match="HTTP 400: NeuroomNet cannot be downgraded"):
+                ctl.request("POST", "/upgrade", {"version": "4.0.2"})
+        after = d.identify()
+        assert (after.firmware, after.details["config_schema"]) == ("4.2.0", 20)
+        assert after.details["instance_id"] == answer["instance_id"] != info.details["instance_id"]
+        again = save(tmp_path, d.backup(), "again.zip")
+        assert d._auth.logins == logins + 1  # the session ended with the restart: logged in again
+    a, b = TARGET.fields(first), TARGET.fields(again)
+    assert b["source.software_version"] == "4.2.0"
+    for key in ("config.system_setting.site_name.value", "config.component.1.address", "summary_digest"):
+        assert b[key] == a[key], key
 
 
 def test_another_servers_backup_needs_force(sim, tmp_path):

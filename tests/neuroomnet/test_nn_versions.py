@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from harness.compat import row_pairs
 from harness.targets.base import CompatVersion
 from harness.targets.neuroomnet import TARGET
 from harness.targets.neuroomnet.versions import (
     AS_IS,
     FORMAT_UNSUPPORTED,
     MIGRATE,
+    RELEASES,
     TOO_NEW,
     TOO_OLD,
     apply_verdict,
+    can_update,
     import_verdict,
     release,
     rule,
+    update_refusal,
 )
 
 pytestmark = pytest.mark.target_neuroomnet
@@ -72,3 +76,25 @@ def test_spec_messages_for_old_formats():
         "Restore point rp-20250101-010101-abcd is from NeuroomNet 3.9.4 (schema 17). NeuroomNet 5.0.0 can migrate "
         "configurations from schema 18 on. Apply it on a 4.x server, create a new restore point there, and import "
         "that one. Nothing was imported.")
+
+
+def test_updates_go_forward_from_a_schema_the_new_release_can_migrate():
+    updatable = {(s, d) for s in RELEASES for d in RELEASES if can_update(s, d)}
+    assert updatable == {("3.9.4", "3.9.4"), ("3.9.4", "4.0.2"), ("3.9.4", "4.2.0"), ("4.0.2", "4.0.2"),
+                         ("4.0.2", "4.2.0"), ("4.0.2", "5.0.0"), ("4.2.0", "4.2.0"), ("4.2.0", "5.0.0"),
+                         ("5.0.0", "5.0.0")}
+    assert update_refusal(release("4.2.0"), 20, release("4.0.2")) == (
+        "NeuroomNet cannot be downgraded from 4.2.0 to 4.0.2 (its database is schema 20)")
+    assert update_refusal(release("3.9.4"), 17, release("5.0.0")) == (
+        "NeuroomNet 5.0.0 can migrate configurations from schema 18 on; this server runs 3.9.4 (schema 17). "
+        "Update it to 4.0 first.")
+
+
+def test_the_matrix_runs_the_update_path_on_forward_pairs_only():
+    versions = TARGET.compat_versions()
+    by_name = {v.name: v for v in versions}
+    row = [(d.name, path) for d, path in row_pairs(TARGET, by_name["4.0.2"], versions)]
+    assert row == [("3.9.4", "fresh"), ("4.0.2", "fresh"), ("4.0.2", "update"), ("4.2.0", "fresh"),
+                   ("4.2.0", "update"), ("5.0.0", "fresh"), ("5.0.0", "update")]
+    assert ("5.0.0", "update") not in [(d.name, p) for d, p in row_pairs(TARGET, by_name["3.9.4"], versions)]
+    assert sum(p == "update" for s in versions for _, p in row_pairs(TARGET, s, versions)) == 9

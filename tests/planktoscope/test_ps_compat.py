@@ -193,13 +193,15 @@ def test_migrate_fields_property_no_wb_left_and_input_untouched(hardware: dict[s
 @pytest.mark.parametrize("pair", [(V23, V2025), (V2025, V2026)], ids=_id)
 def test_the_read_back_settings_are_exactly_the_prediction(tmp_path: Path,
                                                            pair: tuple[CompatVersion, CompatVersion]) -> None:
-    """All settings keys, dropped and added ones included (the matrix only compares keys both sides hold)."""
+    """All settings keys, dropped and added ones included (the matrix only compares keys both sides hold), and
+    every dataset file: the fresh destination holds none, so the restore uploads each one."""
     src, dst = pair
     units, store = _Units(T, tmp_path, None), Store(tmp_path / "store")
     with units.unit(src, "source") as proc, units.driver(proc) as driver:
         driver.apply_settings(T.distinctive_settings(driver.identify(), SEED))
         backup = backup_to_store(driver, T, store, address=proc.address)
     with units.unit(dst, "destination") as proc, units.driver(proc) as driver:
+        T.compat_fresh_unit(proc.control)
         report = restore_from(driver, T, backup, store, address=proc.address)
         readback = backup_to_store(driver, T, store, address=proc.address)
     rule = T.compat_rule(src, dst)
@@ -215,6 +217,11 @@ def test_the_read_back_settings_are_exactly_the_prediction(tmp_path: Path,
     # The driver's report names the same keys (what the matrix cell shows).
     assert {f for f in report.skipped if f.startswith(("hardware.", "config."))} == dropped
     assert {f for f in report.untouched if f.startswith(("hardware.", "config."))} == added
+    datasets = lambda f: {k: v for k, v in f.items() if k.startswith("datasets.")}  # noqa: E731
+    assert len(datasets(before)) >= 10  # two acquisitions: metadata, images, integrity.check
+    assert datasets(after) == datasets(before)  # metadata.json and integrity.check included
+    assert not [f for f in report.skipped if not f.startswith(("hardware.", "config."))]
+    assert not [n for n in report.notes if "already on the unit" in n]  # uploaded, every one
 
 
 class WrongHatVersionDriver(PlanktoscopeDriver):

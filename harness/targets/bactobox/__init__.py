@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.compare import CompareRules, flatten
+from harness.errors import Refused
 from harness.targets.bactobox.artifact import gmi_fields, load_gmi
 from harness.targets.bactobox.driver import BactoboxDriver
 from harness.targets.bactobox.gmi import GmiInfo
-from harness.targets.base import Artifact, DeviceInfo, Target
+from harness.targets.bactobox.versions import AS_IS, get_version, restore_verdict, version_key
+from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo, Target
 
 _TIMEZONES = ("Europe/Copenhagen", "America/Chicago", "Asia/Tokyo", "Australia/Perth", "Africa/Nairobi")
 _WIFI = ("client", "access_point", "off")
+# The versions the simulator runs (1.8.4 is not simulated), on the smallest disk (profile ``micro``, 6 MiB):
+# the matrix and the committed goldens (a ``tiny`` GMI of format 2 is 32 MiB, ``micro`` 6 MiB).
+COMPAT_VERSIONS = tuple(CompatVersion(v, "micro", v) for v in ("2.2.0", "2.6.3", "3.1.0"))
 
 
 class BactoboxTarget(Target):
@@ -30,6 +35,8 @@ class BactoboxTarget(Target):
     compare_rules = CompareRules(ignore=("created", "boot.boot_count", "boot_env.boot_count"))
     driver = BactoboxDriver
     progress_unit = "bytes"  # multi-GiB GMIs: show sizes and the transfer rate
+    # Software is updated in place (the inactive slot, then a switch), forward only: can_update.
+    updatable = True
 
     def artifact_name(self, device_id: str, created: dt.datetime) -> str:
         """``backup-of-<id>-<YYYY-MM-DD>.gmi``: the unit's ID and the date of the backup in UTC (F14)."""
@@ -44,6 +51,27 @@ class BactoboxTarget(Target):
         if not isinstance(artifact.data, GmiInfo):
             raise TypeError("not a BactoBox artifact")
         return dict(flatten(gmi_fields(artifact.data)))
+
+    def compat_versions(self) -> list[CompatVersion]:
+        return list(COMPAT_VERSIONS)
+
+    def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
+        """§5: the software on the unit at restore time reads the GMI (its format is the source version's);
+        after the restart the unit runs the GMI's software, so a restore is always "as is" (the whole disk,
+        byte for byte, software included: time travel), or refused when the unit cannot read the format."""
+        src, dst = get_version(source.version), get_version(destination.version)
+        try:
+            verdict = restore_verdict(src.writes_format, src.name, dst.reads_formats, dst.name)
+        except Refused as exc:
+            return CompatRule("refuse", str(exc))
+        if verdict == AS_IS:
+            return CompatRule("restore", f"GMI format {src.writes_format} restored as is; the unit then runs "
+                                         f"{src.name} (time travel)")
+        return CompatRule("migrate", f"GMI format {src.writes_format} converted by the legacy reader")
+
+    def can_update(self, source: CompatVersion, destination: CompatVersion) -> bool:
+        """Software updates go forward only (a same-version update reinstalls it in the other slot)."""
+        return version_key(destination.version) >= version_key(source.version)
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         return {"settings.timezone": _TIMEZONES[seed % len(_TIMEZONES)],

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.errors import BadInput
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import GmiInfo, inspect_gmi, verify_gmi
+from harness.targets.bactobox.gmi import GmiInfo, inspect_gmi, read_sparse_range, verify_gmi
 from harness.targets.base import Artifact, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,13 @@ def gmi_fields(info: GmiInfo) -> dict[str, Any]:
             out["parts"]["boot"]["outside_env_sha256"] = _sha_range(f, boot.data_offset + 2 * S.ENV_SIZE,
                                                                    boot.compressed_size - 2 * S.ENV_SIZE)
         data = entries.get("data")
-        if data is not None and m.format == 2:
-            block = S.parse_env(os.pread(f.fileno(), S.SETTINGS_SIZE, data.data_offset + S.SETTINGS_OFFSET))
+        if data is not None and m.format != 1:
+            part = m.part("data")
+            if part.encoding == "sparse":  # format 3: the settings are in the image's first raw chunk
+                raw = read_sparse_range(info.path, data, part.size_bytes, S.SETTINGS_OFFSET, S.SETTINGS_SIZE)
+            else:
+                raw = os.pread(f.fileno(), S.SETTINGS_SIZE, data.data_offset + S.SETTINGS_OFFSET)
+            block = S.parse_env(raw)
             out["settings"] = dict(block.values) if block else {"valid": False}
     return out
 

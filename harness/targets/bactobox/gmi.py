@@ -13,6 +13,10 @@ hostile file could inflate (entry count, central directory size, manifest size, 
 decompressed sizes), and reads the manifest; ``verify_gmi`` also hashes every part and compares it with the
 manifest. Reading, as a stream (the simulator's restore upload): ``GmiStreamReader`` consumes the bytes in
 order and hands each part's data to a sink as it arrives, never buffering more than one chunk.
+
+Sparse parts (format 3, §4.6): ``SparseLayout`` plans and streams one (the simulator's backup);
+``SparseExpander`` expands the stored bytes as they are fed (the file check, the download follower, the
+simulator's restore, the field view); ``SparseHasher`` gives both sha256s a manifest states for such a part.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from construct import ConstructError
 from harness.errors import BadInput
 from harness.targets.bactobox.schema import (
     MEDIA_TYPE,
+    SPARSE_BLOCK,
     SPARSE_CHUNK,
+    SPARSE_CHUNK_SIZE,
     SPARSE_FILL,
     SPARSE_HEADER,
+    SPARSE_HEADER_SIZE,
     SPARSE_RAW,
     SPARSE_ZERO,
     ZIP64_EOCD,
@@ -53,6 +60,8 @@ from harness.targets.bactobox.schema import (
     ZIP_LOCAL_HEADER_SIZE,
     Manifest,
     ManifestPart,
+    build_sparse_chunk,
+    build_sparse_header,
 )
 from harness.ziparchive import Entry
 from harness.ziparchive import dos_date_time as dos_datetime  # (time, date) as a GMI stores them
@@ -222,6 +231,232 @@ def write_gmi(path: Path, manifest: Manifest, part_sources: list[BinaryIO | byte
     return path
 
 
+# ------------------------------------------------------------------------------- sparse images (§4.6)
+# One implementation for every side: the simulator's backup writes with ``SparseLayout``; the file check
+# (``verify_gmi``), the download follower, the simulator's restore and the field view all read with
+# ``SparseExpander``, which is fed the stored bytes in order and never buffers more than a chunk header.
+
+SPARSE_MAX_RAW_BLOCKS = U32_MAX // SPARSE_BLOCK  # a raw chunk's data_len is a u32: longer runs are split
+_PATTERN_BYTES = 1 << 20
+_ZEROS = bytes(_PATTERN_BYTES)
+
+
+@dataclass(frozen=True)
+class SparseLayout:
+    """The chunk map of a sparse image written by the device: ``(type, blocks)`` of raw and zero chunks, in
+    order. Pure: the stored size and every header are known before a byte is read (the preparing pass)."""
+
+    block_size: int
+    chunks: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size % 512:
+            raise ValueError(f"block size {self.block_size} is not a positive multiple of 512")
+        for kind, blocks in self.chunks:
+            if kind not in (SPARSE_RAW, SPARSE_ZERO) or blocks <= 0 \
+                    or (kind == SPARSE_RAW and blocks > SPARSE_MAX_RAW_BLOCKS):
+                raise ValueError(f"chunk ({kind}, {blocks}) cannot be written")
+
+    @classmethod
+    def used_prefix(cls, used: int, size: int, block_size: int = SPARSE_BLOCK) -> SparseLayout:
+        """Raw bytes for [0, ``used`` rounded up to a block), one zero chunk for the rest (§4.6 typical)."""
+        if size % block_size:
+            raise ValueError(f"a {size}-byte image is not a whole number of {block_size}-byte blocks")
+        total = size // block_size
+        raw = min(total, -(-max(used, 0) // block_size))
+        chunks = []
+        while raw > 0:
+            n = min(raw, SPARSE_MAX_RAW_BLOCKS)
+            chunks.append((SPARSE_RAW, n))
+            raw -= n
+        used_blocks = sum(n for _, n in chunks)
+        if total > used_blocks:
+            chunks.append((SPARSE_ZERO, total - used_blocks))
+        return cls(block_size, tuple(chunks))
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(blocks for _, blocks in self.chunks)
+
+    @property
+    def expanded_size(self) -> int:
+        return self.total_blocks * self.block_size
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(blocks for kind, blocks in self.chunks if kind == SPARSE_RAW) * self.block_size
+
+    @property
+    def stored_size(self) -> int:
+        return SPARSE_HEADER_SIZE + SPARSE_CHUNK_SIZE * len(self.chunks) + self.raw_bytes
+
+    def header(self) -> bytes:
+        return build_sparse_header(self.block_size, self.total_blocks, len(self.chunks))
+
+    def stream(self, read: Callable[[int, int], Iterable[bytes]]) -> Iterator[bytes]:
+        """The stored bytes in order; the data of a raw chunk comes from ``read(offset, size)`` (offsets in
+        the expanded image), which must give exactly ``size`` bytes."""
+        pending = self.header()
+        offset = 0
+        for kind, blocks in self.chunks:
+            pending += build_sparse_chunk(kind, blocks, self.block_size)
+            size = blocks * self.block_size
+            if kind == SPARSE_RAW:
+                yield pending
+                pending = b""
+                got = 0
+                for piece in read(offset, size):
+                    got += len(piece)
+                    yield piece
+                if got != size:
+                    raise ValueError(f"raw chunk at {offset}: the source gave {got} bytes, not {size}")
+            offset += size
+        if pending:
+            yield pending
+
+
+class SparseExpander:
+    """Push parser of a sparse image: ``feed`` it the stored bytes in order, in pieces of any size.
+
+    The expanded image comes out in order as ``on_raw(offset, view)`` (views of the fed pieces, not copies)
+    and ``on_fill(offset, size, pattern)`` (a fill chunk's 4-byte pattern; a zero chunk gives four zero
+    bytes). ``finish()`` checks that the chunks add up to ``expected_size``. Any malformation is a BadInput
+    naming ``name``; nothing beyond one chunk header is buffered.
+    """
+
+    def __init__(self, name: str, expected_size: int, *, on_raw: Callable[[int, memoryview], None],
+                 on_fill: Callable[[int, int, bytes], None]) -> None:
+        self.name = name
+        self.expected_size = expected_size
+        self.on_raw = on_raw
+        self.on_fill = on_fill
+        self.offset = 0  # expanded bytes produced so far
+        self.block_size = 0
+        self.total_blocks = 0
+        self.blocks = 0  # blocks of the chunks seen so far
+        self._chunks_left = 0
+        self._state = "header"  # header -> chunk -> (raw | fill) -> chunk ... -> done
+        self._need = SPARSE_HEADER_SIZE
+        self._buf = bytearray()
+        self._raw_left = 0
+        self._fill_blocks = 0
+
+    def _bad(self, problem: str) -> BadInput:
+        return BadInput(f"{self.name}: {problem}")
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            if self._state == "raw":
+                take = min(self._raw_left, len(view))
+                self.on_raw(self.offset, view[:take])
+                self.offset += take
+                self._raw_left -= take
+                view = view[take:]
+                if not self._raw_left:
+                    self._next_chunk()
+            elif self._state == "done":
+                raise self._bad(f"{len(view)} bytes follow the last chunk")
+            else:
+                take = min(self._need - len(self._buf), len(view))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) == self._need:
+                    raw, self._buf = bytes(self._buf), bytearray()
+                    self._parsed(raw)
+
+    def _parsed(self, raw: bytes) -> None:
+        if self._state == "header":
+            try:
+                header = SPARSE_HEADER.parse(raw)
+            except ConstructError:
+                raise self._bad("no valid sparse header (BBSP, version 1)") from None
+            bs = header.block_size
+            if bs <= 0 or bs % 512:
+                raise self._bad(f"block size {bs} is not a positive multiple of 512")
+            if header.total_blocks * bs != self.expected_size:
+                raise self._bad(f"expands to {header.total_blocks * bs} bytes, not {self.expected_size}")
+            self.block_size, self.total_blocks = bs, header.total_blocks
+            self._chunks_left = header.chunk_count
+            self._next_chunk(first=True)
+        elif self._state == "chunk":
+            chunk = SPARSE_CHUNK.parse(raw)
+            self.blocks += chunk.blocks
+            if self.blocks > self.total_blocks:
+                raise self._bad("has more blocks than its header says")
+            size = chunk.blocks * self.block_size
+            if chunk.type == SPARSE_RAW and chunk.data_len == size:
+                self._raw_left = size
+                self._state = "raw"
+                if not size:
+                    self._next_chunk()
+            elif chunk.type == SPARSE_FILL and chunk.data_len == 4:
+                self._fill_blocks = chunk.blocks
+                self._state, self._need = "fill", 4
+            elif chunk.type == SPARSE_ZERO and chunk.data_len == 0:
+                self._emit_fill(chunk.blocks, bytes(4))
+            else:
+                raise self._bad(f"malformed chunk (type {chunk.type}, {chunk.blocks} blocks, data_len "
+                                f"{chunk.data_len})")
+        else:  # fill pattern
+            self._emit_fill(self._fill_blocks, raw)
+
+    def _emit_fill(self, blocks: int, pattern: bytes) -> None:
+        size = blocks * self.block_size
+        if size:
+            self.on_fill(self.offset, size, pattern)
+        self.offset += size
+        self._next_chunk()
+
+    def _next_chunk(self, *, first: bool = False) -> None:
+        if not first:
+            self._chunks_left -= 1
+        if self._chunks_left > 0:
+            self._state, self._need = "chunk", SPARSE_CHUNK_SIZE
+        else:
+            self._state = "done"
+
+    def finish(self) -> None:
+        if self._state != "done" or self.blocks != self.total_blocks:
+            raise self._bad("is shorter than its chunks say" if self._state != "done"
+                            else "chunks do not add up to the image")
+
+
+def fill_pieces(size: int, pattern: bytes) -> Iterator[memoryview]:
+    """``size`` bytes of a repeated 4-byte pattern, in pieces of at most 1 MiB (one shared buffer)."""
+    buf = _ZEROS if pattern == bytes(4) else pattern * (_PATTERN_BYTES // 4)
+    view = memoryview(buf)
+    while size > 0:
+        n = min(size, len(buf))
+        yield view[:n]
+        size -= n
+
+
+class SparseHasher:
+    """sha256 of a sparse part's stored bytes and of its expanded image, from the stored bytes fed in order
+    (what the manifest's ``stored_sha256`` and ``sha256`` describe)."""
+
+    def __init__(self, name: str, expected_size: int) -> None:
+        self.stored = hashlib.sha256()
+        self.expanded = hashlib.sha256()
+        self.expander = SparseExpander(name, expected_size, on_raw=lambda _, view: self.expanded.update(view),
+                                       on_fill=self._fill)
+
+    def _fill(self, offset: int, size: int, pattern: bytes) -> None:
+        for piece in fill_pieces(size, pattern):
+            self.expanded.update(piece)
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.stored.update(data)
+        self.expander.feed(data)
+
+    def finish(self) -> tuple[str, str]:
+        """(stored sha256, expanded sha256); BadInput if the image is incomplete."""
+        self.expander.finish()
+        return self.stored.hexdigest(), self.expanded.hexdigest()
+
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 
@@ -282,6 +517,10 @@ def inspect_gmi(path: Path) -> GmiInfo:
         if zlib.crc32(manifest_bytes) != second.crc32:
             raise _bad(path, "manifest.json fails its CRC-32")
         manifest = Manifest.from_json(manifest_bytes)
+    if manifest.disk_size_bytes > MAX_DISK:
+        # Every part lies inside the disk: this bounds what a deflated or sparse part may expand to.
+        raise _bad(path, f"the manifest claims a {manifest.disk_size_bytes >> 30} GiB disk; a BactoBox has at "
+                         f"most {MAX_DISK >> 30} GiB")
     by_name = {e.name: e for e in entries[2:]}
     expected = [p.file for p in manifest.parts]
     if [e.name for e in entries[2:]] != expected:
@@ -487,8 +726,9 @@ def verify_gmi(path: Path, *, progress: ProgressFn = _no_progress, workers: int 
             got = _inflate_sha256(info.path, entry, part.size_bytes, counter)
         elif part.encoding == "sparse":
             stored, got = _sparse_sha256(info.path, entry, part.size_bytes, counter)
-            if stored != part.stored_sha256:
-                return f"{part.name} stored sha256 mismatch"
+            if stored != part.stored_sha256:  # the image may still expand right: its headers changed
+                return "; ".join([f"{part.name} sha256 mismatch"] * (got != part.sha256)
+                                 + [f"{part.name} stored sha256 mismatch"])
         else:
             got = sha256_range(info.path, entry.data_offset, entry.compressed_size, counter)
         return None if got == part.sha256 else f"{part.name} sha256 mismatch"
@@ -534,55 +774,53 @@ def _inflate_sha256(path: Path, entry: ZipEntry, expected: int, counter: _Counte
 
 def _sparse_sha256(path: Path, entry: ZipEntry, expected: int, counter: _Counter) -> tuple[str, str]:
     """(sha256 of the stored bytes, sha256 of the expanded image) of a format-3 sparse part."""
-    stored = hashlib.sha256()
-    expanded = hashlib.sha256()
-    zeros = bytes(1 << 20)
+    hasher = SparseHasher(f"{path.name}: {entry.name}", expected)
+    buf = bytearray(min(READ_CHUNK, max(entry.compressed_size, 1)))
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos, end = entry.data_offset, entry.data_offset + entry.compressed_size
+        while pos < end:
+            n = os.preadv(fd, [view[:min(end - pos, len(buf))]], pos)
+            if n <= 0:
+                raise BadInput(f"{path.name}: ends early (truncated)")
+            hasher.update(view[:n])
+            counter.add(n)
+            pos += n
+    finally:
+        os.close(fd)
+    return hasher.finish()
+
+
+def read_sparse_range(path: Path, entry: ZipEntry, expected: int, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of a sparse part's expanded image, read from the stored entry up to the
+    chunk that holds them (the settings block of a format-3 data part is in its first raw chunk)."""
+    out = bytearray(size)
+    filled = [0]
+
+    def raw(at: int, view: memoryview) -> None:
+        lo, hi = max(at, offset), min(at + len(view), offset + size)
+        if lo < hi:
+            out[lo - offset:hi - offset] = view[lo - at:hi - at]
+            filled[0] += hi - lo
+
+    def fill(at: int, n: int, pattern: bytes) -> None:
+        lo, hi = max(at, offset), min(at + n, offset + size)
+        if lo < hi:  # chunks start on a block boundary: the pattern's phase is the offset mod 4
+            rep = (pattern * ((hi - lo) // 4 + 2))[lo % 4:lo % 4 + hi - lo]
+            out[lo - offset:hi - offset] = rep
+            filled[0] += hi - lo
+
+    expander = SparseExpander(f"{path.name}: {entry.name}", expected, on_raw=raw, on_fill=fill)
     with open(path, "rb") as f:
-        f.seek(entry.data_offset)
-        end = entry.data_offset + entry.compressed_size
-
-        def take(n: int) -> bytes:
-            if f.tell() + n > end:
-                raise BadInput(f"{path.name}: {entry.name} is shorter than its chunks say")
-            data = f.read(n)
-            stored.update(data)
-            counter.add(len(data))
-            return data
-
-        try:
-            header = SPARSE_HEADER.parse(take(32))
-        except ConstructError:
-            raise BadInput(f"{path.name}: {entry.name} has no valid sparse header") from None
-        bs = header.block_size
-        if bs <= 0 or bs % 512 or header.total_blocks * bs != expected:
-            raise BadInput(f"{path.name}: {entry.name} expands to {header.total_blocks * bs} bytes, not "
-                           f"{expected}")
-        blocks = 0
-        for _ in range(header.chunk_count):
-            chunk = SPARSE_CHUNK.parse(take(12))
-            blocks += chunk.blocks
-            if blocks > header.total_blocks:
-                raise BadInput(f"{path.name}: {entry.name} has more blocks than its header says")
-            n = chunk.blocks * bs
-            if chunk.type == SPARSE_RAW and chunk.data_len == n:
-                while n:
-                    data = take(min(n, READ_CHUNK))
-                    expanded.update(data)
-                    n -= len(data)
-            elif chunk.type == SPARSE_FILL and chunk.data_len == 4:
-                pattern = take(4) * (len(zeros) // 4)
-                while n:
-                    expanded.update(pattern[:min(n, len(pattern))])
-                    n -= min(n, len(pattern))
-            elif chunk.type == SPARSE_ZERO and chunk.data_len == 0:
-                while n:
-                    expanded.update(zeros[:min(n, len(zeros))])
-                    n -= min(n, len(zeros))
-            else:
-                raise BadInput(f"{path.name}: {entry.name} has a malformed chunk (type {chunk.type})")
-        if blocks != header.total_blocks or f.tell() != end:
-            raise BadInput(f"{path.name}: {entry.name} chunks do not add up to the image")
-    return stored.hexdigest(), expanded.hexdigest()
+        pos, end = entry.data_offset, entry.data_offset + entry.compressed_size
+        while filled[0] < size:
+            data = _pread(f, pos, min(64 * 1024, end - pos))
+            if not data:
+                raise BadInput(f"{path.name}: {entry.name} ends before byte {offset + size} of its image")
+            expander.feed(data)
+            pos += len(data)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------- stream reading
@@ -776,8 +1014,8 @@ class GmiFollower:
 
     It follows the growing file from the page cache on a thread of its own (hashlib releases the GIL, so the
     hashing overlaps the transfer instead of coming after it), parses it with ``GmiStreamReader`` and checks
-    each part's sha256 against the manifest at the end of the part, and the central directory against what
-    was streamed. ``finish(size)`` waits for it; ``result()`` raises BadInput on the first mismatch.
+    each part's sha256 against the manifest at the end of the part (a sparse part: the stored bytes' sha256
+    and the expanded image's), and the central directory against what was streamed. ``finish(size)`` waits for it; ``result()`` raises BadInput on the first mismatch.
     The writer may rename the file when it is done: the follower keeps its open descriptor.
 
     With ``inline=True`` there is no thread and no file reading: the writer hands every piece it writes to
@@ -823,22 +1061,44 @@ class GmiFollower:
         self.manifest_bytes = raw
         return Manifest.from_json(raw)
 
+    def _begin(self, name: str) -> tuple[ManifestPart, Any]:
+        assert self._reader.manifest is not None
+        part = next(p for p in self._reader.manifest.parts if p.file == name)
+        # A sparse part: the stored bytes' sha256 and the expanded image's, both in the manifest.
+        digest = SparseHasher(part.name, part.size_bytes) if part.encoding == "sparse" else hashlib.sha256()
+        return part, digest
+
     def _data(self, name: str, view: memoryview) -> None:
         if self._part is None or self._part[0].file != name:
-            assert self._reader.manifest is not None
-            part = next(p for p in self._reader.manifest.parts if p.file == name)
-            self._part = (part, hashlib.sha256())
-        self._part[1].update(view)
+            self._part = self._begin(name)
+        part, digest = self._part
+        if digest is None:
+            return  # a malformed sparse image: already recorded
+        try:
+            digest.update(view)
+        except BadInput as exc:
+            self.problems.append(f"{part.name}: malformed sparse image ({exc})")
+            self._part = (part, None)
 
     def _end(self, name: str) -> None:
         if self._part is None:  # an empty part: nothing was hashed
-            assert self._reader.manifest is not None
-            part = next(p for p in self._reader.manifest.parts if p.file == name)
-            self._part = (part, hashlib.sha256())
+            self._part = self._begin(name)
         part, digest = self._part
         self._part = None
-        if part.encoding != "raw":
-            self.problems.append(f"{part.name} is {part.encoding}; followed GMIs must be raw")
+        if digest is None:
+            return
+        if part.encoding == "sparse":
+            try:
+                stored, expanded = digest.finish()
+            except BadInput as exc:
+                self.problems.append(f"{part.name}: malformed sparse image ({exc})")
+                return
+            if expanded != part.sha256:
+                self.problems.append(f"{part.name} sha256 mismatch")
+            if stored != part.stored_sha256:
+                self.problems.append(f"{part.name} stored sha256 mismatch")
+        elif part.encoding != "raw":
+            self.problems.append(f"{part.name} is {part.encoding}; followed GMIs must be raw or sparse")
         elif digest.hexdigest() != part.sha256:
             self.problems.append(f"{part.name} sha256 mismatch")
 
@@ -906,6 +1166,7 @@ class GmiFollower:
         return hashlib.sha256(self.manifest_bytes).hexdigest()
 
 
-__all__ = ["EntrySpec", "GmiFollower", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES", "MIMETYPE",
-           "ZipEntry", "ZipPlan", "dos_datetime", "gmi_entries", "inspect_gmi", "sha256_range", "stream_gmi",
+__all__ = ["EntrySpec", "GmiFollower", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES",
+           "MIMETYPE", "SparseExpander", "SparseHasher", "SparseLayout", "ZipEntry", "ZipPlan", "dos_datetime",
+           "fill_pieces", "gmi_entries", "inspect_gmi", "read_sparse_range", "sha256_range", "stream_gmi",
            "verify_gmi", "write_gmi"]

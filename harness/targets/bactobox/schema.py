@@ -12,7 +12,7 @@ Layouts, by section of the spec:
 - §4.4 ``SLOT_HEADER``: the 512-byte header of a system slot.
 - §4.5 ``SUPERBLOCK_V2`` / ``SUPERBLOCK_V1`` of the data store, and ``RECORD_HEADER`` (v1 32 bytes or v2 64
   bytes, chosen by the version byte at offset 4).
-- §4.6 ``SPARSE_HEADER`` / ``SPARSE_CHUNK`` of a format-3 sparse part.
+- §4.6 ``SPARSE_HEADER`` / ``SPARSE_CHUNK`` of a format-3 sparse part (``build_sparse_header``/``_chunk``).
 - §4.7 the ZIP records a GMI is made of (local/central headers, ZIP64 extra, ZIP64 EOCD and locator, EOCD).
 - §3.3 ``Manifest`` (dataclasses; ``Manifest.from_json`` validates by the rules of §3.3).
 """
@@ -514,6 +514,20 @@ SPARSE_CHUNK = Struct(
     "blocks" / Int32ul,
     "data_len" / Int32ul,
 )
+SPARSE_HEADER_SIZE = 32
+SPARSE_CHUNK_SIZE = 12
+SPARSE_BLOCK = 4096
+
+
+def build_sparse_header(block_size: int, total_blocks: int, chunk_count: int) -> bytes:
+    return SPARSE_HEADER.build({"reserved": 0, "block_size": block_size, "total_blocks": total_blocks,
+                                "chunk_count": chunk_count, "reserved2": bytes(8)})
+
+
+def build_sparse_chunk(type_: int, blocks: int, block_size: int) -> bytes:
+    """A chunk header; ``data_len`` follows from the type (raw: the blocks' bytes, fill: 4, zero: 0)."""
+    data_len = {SPARSE_RAW: blocks * block_size, SPARSE_FILL: 4, SPARSE_ZERO: 0}[type_]
+    return SPARSE_CHUNK.build({"type": type_, "reserved": bytes(3), "blocks": blocks, "data_len": data_len})
 
 # ------------------------------------------------------------------------------------ §4.7 ZIP records
 # The layouts live in harness/ziparchive.py (shared with NeuroomNet); the §4.7 names stay here for gmi.py and

@@ -20,7 +20,7 @@ from harness.targets.neuroomnet.artifact import RestorePointZip, artifact_fields
 from harness.targets.neuroomnet.driver import NeuroomNetDriver
 from harness.targets.neuroomnet.migrate import declared_changes
 from harness.targets.neuroomnet.migrate import migrate_fields as _migrate_fields
-from harness.targets.neuroomnet.versions import AS_IS, MIGRATE, RELEASES, release, rule
+from harness.targets.neuroomnet.versions import AS_IS, MIGRATE, RELEASES, can_update, release, rule
 
 # What every backup or restore rewrites by design, so a round trip can never make it equal:
 COMPARE_IGNORE = (
@@ -58,6 +58,8 @@ class NeuroomNetTarget(Target):
     artifact_ext = "zip"
     compare_rules = CompareRules(ignore=COMPARE_IGNORE, float_decimals=None, nan_equal=True)
     driver = NeuroomNetDriver
+    # Updated in place (the simulator: through its control plane), forward only: can_update narrows the pairs.
+    updatable = True
 
     def artifact_name(self, device_id: str, created: dt.datetime) -> str:
         """``RP_<YYYY-MM-DD>_<HH-mm-ss>_utc.zip``: the server's local-copy naming (§3.1), in UTC.
@@ -114,6 +116,11 @@ class NeuroomNetTarget(Target):
             return CompatRule("migrate", "schema " + " -> ".join(map(str, verdict.path)),
                               converted=converted, added=added, ignore=("config_digest",))
         return CompatRule("refuse", f"{verdict.code}: {verdict.message}")
+
+    def can_update(self, source: CompatVersion, destination: CompatVersion) -> bool:
+        """Software updates go forward only, from a schema the new release can migrate (so not 3.9.4 ->
+        5.0.0 directly); the same version is a reinstall. ``versions.update_refusal`` says why not."""
+        return can_update(source.version, destination.version)
 
     def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
                        destination: CompatVersion) -> dict[str, Any]:

@@ -181,3 +181,34 @@ def rule(src_version: str, dst_version: str) -> Verdict:
     """The matrix cell: a restore point written by ``src_version`` restored on ``dst_version``."""
     src, dst = release(src_version), release(dst_version)
     return restore_verdict("rp-(matrix)", src.writes_format, src.config_schema, dst, version=src.version)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def update_refusal(installed: Release, schema: int, new: Release) -> str | None:
+    """Why a server running ``installed`` (its database at ``schema``) cannot be updated in place to ``new``;
+    None when it can.
+
+    [modelled] The spec says only that an update "runs the same steps in place" (§5). Updates go forward
+    (nothing turns a newer database back into an older one), and the new release migrates the live database
+    with its own steps, so it must be able to migrate from the database's schema, as for a restore point:
+    5.0.0 dropped the migrations from schema 17, so a 3.9.4 server goes through a 4.x release first.
+    """
+    if _version_key(new.version) < _version_key(installed.version) or new.config_schema < schema:
+        return (f"NeuroomNet cannot be downgraded from {installed.version} to {new.version} (its database is "
+                f"schema {schema})")
+    if schema < new.min_config_schema:
+        via = release_for_schema(new.min_config_schema)
+        return (f"NeuroomNet {new.version} can migrate configurations from schema {new.min_config_schema} on; "
+                f"this server runs {installed.version} (schema {schema}). Update it to "
+                f"{via.short if via else 'an older release'} first.")
+    return None
+
+
+def can_update(src_version: str, dst_version: str) -> bool:
+    """Whether a server running ``src_version`` can be updated in place to ``dst_version`` (the same version:
+    a reinstall)."""
+    src, dst = release(src_version), release(dst_version)
+    return update_refusal(src, src.config_schema, dst) is None

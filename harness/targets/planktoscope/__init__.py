@@ -98,6 +98,9 @@ class PlanktoscopeTarget(Target):
     def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
         return compat_mod.compat_rule(source, destination)
 
+    def compat_fresh_unit(self, control: str | None) -> None:
+        compat_mod.fresh_unit(control)
+
     def migrate_fields(self, fields: dict[str, Any], source: CompatVersion,
                        destination: CompatVersion) -> dict[str, Any]:
         """The §15 migrations on the field view (compat.py), stated from the spec, not the simulator."""

@@ -1,6 +1,6 @@
 """The PlanktoScope in the version compatibility matrix (DESIGN rule 7; targets/planktoscope.md §12.3, §15).
 
-Three things, stated from the spec and the shipped presets, never from the simulator's code:
+Four things, stated from the spec and the shipped presets, never from the simulator's code:
 
 - ``compat_versions()``: the five release profiles, each at its default hardware variant (§1, §6), as a
   fresh image installs it.
@@ -11,11 +11,13 @@ Three things, stated from the spec and the shipped presets, never from the simul
   unit always reports its *own* release and keeps its own installer version files, so a backup restored
   onto another release can never read back equal to it, even where versions.py says ``restore`` (same key
   set) or ``warn`` (keys kept as they are).
-- ``migrate_fields(fields, src, dst)``: the read-back the spec predicts after the §15 migrations.
+- ``migrate_fields(fields, src, dst)``: the read-back the spec predicts after the §15 migrations;
+- ``fresh_unit(control)``: a destination as a fresh card holds it, without the simulator's seeded datasets.
 
 The matrix units: ``distinctive_settings`` calibrates every source unit through the dashboard writers; on
 v2024.0.0/v2025.0.0 that also answers the first-run hardware-version dialog (``acq_instrument``), as a
-calibrated unit has. A fresh destination unit holds its release's default presets.
+calibrated unit has. A fresh destination unit holds its release's default presets and no datasets, so
+every dataset file of the backup is uploaded and compared.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness.targets.planktoscope.formats import parse_object
 from harness.targets.planktoscope.releases import (
     CALIBRATION_PATH,
     CONFIG_PATH,
+    DATA_ROOT,
     HARDWARE_PATH,
     RELEASES,
     V2_3,
@@ -54,13 +57,8 @@ HW, CFG = "hardware.", "config."
 INSTALLER_FILES = ("files./usr/share/planktoscope/*",)
 HARDWARE_FILE = f"files.{HARDWARE_PATH}"
 CONFIG_FILE = f"files.{CONFIG_PATH}"
-# Every simulated unit starts with the same synthetic acquisition ids (§11.3), written the way its own release
-# writes them: another release's unit holds img/<date>/<sample>/<acq>/ with its own metadata.json
-# (acq_software, acq_instrument) and so its own integrity.check. The restore never overwrites a dataset file
-# that differs (§14.3: 409 -> skip and warn; the report lists them as skipped), so the unit keeps those two
-# files: by design, and what they hold is the destination's, not the backup's. Images are compared (restored
-# under the source's names, or identical), and so is each acquisition's integrity verdict.
-DATASET_COLLISIONS = ("datasets.*/integrity.check", "datasets.*/metadata.json")
+# Where a simulated unit's first start seeds its synthetic acquisitions (§11.3); a fresh card has none.
+SEEDED_DATASETS = f"{DATA_ROOT}/img"
 
 
 def compat_versions() -> list[CompatVersion]:
@@ -102,6 +100,21 @@ def _adafruit(hardware: dict[str, Any], hardware_version: str | None) -> bool:
         or hardware_version == "2.1"
 
 
+def fresh_unit(control: str | None) -> None:
+    """Make a just-started matrix destination a fresh card: no acquisitions.
+
+    A new SD-card image carries no datasets (the simulator's re-flash, ``_sim/firmware``, leaves none), but a
+    simulator's first start seeds two (§11.3), with the same ids on every unit. Left there, a same-release
+    restore finds every dataset file already present and uploads none, and across releases the destination's
+    own ``metadata.json``/``integrity.check`` collide with the backup's (§14.3: kept). Without them the restore
+    uploads every dataset file of the backup, and the read-back compares each one byte for byte.
+    """
+    from harness.simctl import SimControl
+
+    with SimControl(control or "") as sim:
+        sim.request("POST", "/disk/delete", {"path": SEEDED_DATASETS, "writer": "matrix"})
+
+
 # -- the declared rule --------------------------------------------------------------------------------------
 
 
@@ -127,7 +140,7 @@ def compat_rule(source: CompatVersion, destination: CompatVersion) -> CompatRule
     converted = sorted({HW + k for k in migrated_hw if k in hardware and migrated_hw[k] != hardware[k]}
                        | {CFG + k for k in migrated_cfg if k in config and migrated_cfg[k] != config[k]}
                        | {"release"})
-    ignore = [*INSTALLER_FILES, *DATASET_COLLISIONS]
+    ignore = list(INSTALLER_FILES)
     # A migrated file is re-written in its writer's style (versions._rewrite), so its sha256 is not the
     # backup's; its content is compared key by key (hardware.*, config.*) instead.
     if migrated_hw != hardware:
