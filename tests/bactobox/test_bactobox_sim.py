@@ -429,7 +429,9 @@ def test_realtime_backup_takes_its_scaled_time(tmp_path: Path):
             watcher.join(5)
         assert final["state"] == "succeeded"
         assert 1.4 < took < 8, took  # preparing 143 s + streaming 1718 s of the real unit, / 1000
-        assert len(set(percents)) > 8 and percents == sorted(percents) and percents[-1] == 100.0
+        # The watcher may stop before its next poll sees the end: the final state carries the 100 %.
+        assert len(set(percents)) > 8 and percents == sorted(percents) and percents[-1] <= 100.0
+        assert final["progress"]["percent"] == 100.0
 
 
 def test_options_are_what_sim_run_gives(tmp_path: Path):
