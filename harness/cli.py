@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ log = logging.getLogger("harness")
 DEFAULT_BENCH = Path("fixtures/benches/sim.yaml")
 RESULTS_DIR = Path("reports/allure-results")
 HTML_DIR = Path("reports/html")
+COMPAT_DIR = Path("reports/compat")
 
 
 def _default_store() -> Path:
@@ -301,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(COMPAT_DIR / "rows", ignore_errors=True)  # the matrix rows are this run's, not a mix
     # Features report through allure-pytest-bdd; the project's addopts disable it for the unit tests
     # (both plugins own --alluredir), so swap them here.
     cmd = [sys.executable, "-m", "pytest", "features", "-o", "addopts=--strict-markers",
@@ -331,7 +334,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     stats = summary.get("stats", {})
     parts = [f"{stats.get(k, 0)} {k}" for k in ("passed", "failed", "broken", "skipped") if stats.get(k)]
     print(f"report: {index}  ({stats.get('total', 0)} tests: {', '.join(parts) or 'none'})")
+    _merge_compat_rows()
     return 0
+
+
+def _merge_compat_rows() -> None:
+    """The compatibility feature ran the matrix row by row: put each target's rows back into one table."""
+    from harness.compat import merge_rows, write_reports
+
+    for matrix in merge_rows(COMPAT_DIR / "rows"):
+        paths = write_reports(matrix, COMPAT_DIR)
+        summary = ", ".join(f"{sum(c.outcome == k for c in matrix.cells)} {k}"
+                            for k in ("restored", "migrated", "refused", "FAIL"))
+        print(f"compat: {paths['html']}  ({len(matrix.cells)} cells: {summary})")
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -420,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compat", help="version compatibility matrix -> reports/compat/; exit 1 on a FAIL")
     p.add_argument("--target", choices=available_targets())
     p.add_argument("--jobs", type=int, default=max(2, (os.cpu_count() or 2)), help="pairs run in parallel")
-    p.add_argument("--output", default="reports/compat")
+    p.add_argument("--output", default=str(COMPAT_DIR))
     p.set_defaults(func=cmd_compat)
 
     p = sub.add_parser("report", help="single-file HTML report from reports/allure-results")

@@ -201,6 +201,24 @@ def run_matrix(target: Target, *, jobs: int = 2, device_id: str | None = None,
     return Matrix(target.name, [v.name for v in versions], cells)
 
 
+def merge_rows(rows_dir: Path) -> list[Matrix]:
+    """Whole matrices from the rows the compatibility feature wrote (``<rows>/<target>/<source>/<target>.json``):
+    the feature runs row by row, CI wants one table per target."""
+    matrices = []
+    for target_dir in sorted(p for p in rows_dir.iterdir() if p.is_dir()) if rows_dir.is_dir() else []:
+        versions: list[str] = []
+        cells: list[Cell] = []
+        for row in sorted(target_dir.glob(f"*/{target_dir.name}.json")):
+            data = json.loads(row.read_text(encoding="utf-8"))
+            versions = versions or data["versions"]
+            cells += [Cell(**c) for c in data["cells"]]
+        if cells:
+            order = {v: i for i, v in enumerate(versions)}
+            cells.sort(key=lambda c: (order.get(c.source, len(order)), order.get(c.destination, len(order))))
+            matrices.append(Matrix(target_dir.name, versions, cells))
+    return matrices
+
+
 # -------------------------------------------------------------------------------------------------- output
 
 _SYMBOL = {RESTORED: "restored", MIGRATED: "migrated", REFUSED: "refused", FAIL: "FAIL"}

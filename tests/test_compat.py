@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.compat import FAIL, MIGRATED, REFUSED, RESTORED, Matrix, run_cell, write_reports
+from harness.compat import (
+    FAIL,
+    MIGRATED,
+    REFUSED,
+    RESTORED,
+    Cell,
+    Matrix,
+    merge_rows,
+    run_cell,
+    write_reports,
+)
 from harness.targets.base import CompatRule, CompatVersion
 from harness.targets.multispeq import MultispeqTarget
 from harness.targets.multispeq.driver import MultispeqDriver
@@ -73,6 +83,23 @@ def test_a_declared_refusal_is_refused_with_its_message(tmp_path: Path) -> None:
     assert onto_f.outcome == REFUSED and "1.19/1.20" in onto_f.detail
     same = run_cell(MultispeqTarget(), E, E, "fresh", _dir(tmp_path, "same"), "52:00:13:1f")
     assert same.outcome == RESTORED
+
+
+def test_rows_merge_into_one_matrix_and_a_failed_row_stays_red(tmp_path: Path) -> None:
+    versions = [D.name, E.name]
+    rows = tmp_path / "rows" / "multispeq"
+    write_reports(Matrix("multispeq", versions, [Cell(E.name, E.name, "fresh", "restore", RESTORED),
+                                                 Cell(E.name, D.name, "fresh", "migrate", FAIL, "slope")]),
+                  rows / E.name)
+    write_reports(Matrix("multispeq", versions, [Cell(D.name, D.name, "fresh", "restore", RESTORED),
+                                                 Cell(D.name, E.name, "fresh", "migrate", MIGRATED)]),
+                  rows / D.name)
+    (matrix,) = merge_rows(tmp_path / "rows")
+    assert [(c.source, c.destination) for c in matrix.cells] == [(D.name, D.name), (D.name, E.name),
+                                                                 (E.name, D.name), (E.name, E.name)]
+    assert [c.detail for c in matrix.failed] == ["slope"]
+    assert json.loads(write_reports(matrix, tmp_path)["json"].read_text())["summary"]["FAIL"] == 1
+    assert merge_rows(tmp_path / "nothing") == []
 
 
 def _dir(root: Path, name: str) -> Path:
