@@ -294,3 +294,17 @@ def test_download_hook_sees_every_chunk_and_whole_hash_is_optional(server, tmp_p
         got = t.download("/blob", tmp_path / "out.zip", on_chunk=pieces.append, on_attempt=restart, sha256=False)
     assert got.sha256 is None and got.size == len(BLOB)
     assert len(attempts) == 2 and b"".join(pieces) == BLOB == (tmp_path / "out.zip").read_bytes()
+
+
+def test_a_check_that_raises_fails_the_download_and_leaves_no_file(server, tmp_path: Path) -> None:
+    _app, srv = server
+    seen: list[int] = []
+
+    def check(chunk: bytes) -> None:
+        seen.append(len(chunk))
+        raise ValueError("part 2 sha256 mismatch")
+
+    with _t(srv) as t, pytest.raises(ValueError, match="mismatch"):
+        t.download("/blob", tmp_path / "out.zip", on_chunk=check)
+    assert seen and len(seen) == 1  # no further calls after the first failure
+    assert list(tmp_path.iterdir()) == []

@@ -102,35 +102,47 @@ def _hand_over_whole_buffer() -> None:
 _hand_over_whole_buffer()
 
 
-class _BackgroundSha256:
-    """sha256 of a stream on a thread of its own: hashlib releases the GIL, so the whole-file hash of a
-    download overlaps the socket reads and whatever the caller does per chunk instead of adding to them.
-    The queue is bounded (memory stays at a few chunks whatever the size)."""
+class _ChunkWorker:
+    """Calls ``fn(chunk)`` for every chunk of a download, in order, on a thread of its own: the whole-file
+    sha256 and the caller's own check (a GMI's part hashes) run beside the socket reads instead of after each
+    one (hashlib releases the GIL; on a 2 GiB GMI this took ~1.5 s off the main thread). Chunks are the
+    immutable bytes the client returned. The queue is bounded, so memory stays at a few chunks whatever the
+    size. An exception from ``fn`` stops the calls and is raised by ``finish()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, fn: Callable[[bytes], object], name: str) -> None:
         import queue
         import threading
 
-        self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="download sha256", daemon=True)
+        self._fn = fn
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._dropping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            self._digest.update(chunk)
+            if self._error is None and not self._dropping:
+                try:
+                    self._fn(chunk)
+                except BaseException as exc:  # raised in the caller's thread by finish()
+                    self._error = exc
 
-    def update(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes) -> None:
         self._queue.put(chunk)
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Wait until every chunk has been handled; raise what ``fn`` raised."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+
+    def close(self, *, drop: bool = False) -> None:
+        """Stop the thread (``drop``: without handling what is still queued, e.g. an abandoned attempt)."""
+        self._dropping = self._dropping or drop
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._digest.hexdigest()
 
 
 def _no_progress(done: int, total: int | None, message: str) -> None:
@@ -385,8 +397,10 @@ class HttpTransport:
         Constant memory whatever the size. A body shorter than its ``Content-Length`` (a dropped connection)
         is a LinkError and leaves no file; the download is retried from the start while retries last.
         ``on_chunk`` sees every piece of the body as it is written (a caller that checks the content itself
-        hashes it there, in the same pass); ``on_attempt`` is called before each attempt, so such a caller
-        can start over when a retry restarts the body. ``sha256=False`` skips the whole-file hash
+        hashes it there, in the same pass), on a worker thread, in order; every call has returned before
+        ``download`` returns or the next attempt begins, and an exception from it fails the download (not
+        retried). ``on_attempt`` is called before each attempt, so such a caller can start over when a retry
+        restarts the body. ``sha256=False`` skips the whole-file hash
         (``Download.sha256`` is then None): one hash pass less for callers that verify the body anyway.
         """
         dest = Path(dest)
@@ -436,7 +450,9 @@ class HttpTransport:
                 raise api_error(self._where("GET", path), response)
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            digest = _BackgroundSha256() if sha256 else None
+            digest = hashlib.sha256() if sha256 else None
+            workers = [_ChunkWorker(fn, name) for fn, name in ((digest and digest.update, "download sha256"),
+                                                                (on_chunk, "download check")) if fn]
             done = 0
             progress(0, total, message)
             try:
@@ -447,18 +463,18 @@ class HttpTransport:
                 with DurableFile(part, total) as f:
                     for chunk in response.iter_raw():
                         f.write(chunk)
-                        if digest is not None:
-                            digest.update(chunk)
-                        if on_chunk is not None:
-                            on_chunk(chunk)
+                        for worker in workers:
+                            worker.put(chunk)
                         done += len(chunk)
                         progress(done, total, "")
                     if total is not None and done != total:
                         raise _Retryable(f"body ended after {done} of {total} bytes")
+                    for worker in workers:
+                        worker.finish()
                 sha = digest.hexdigest() if digest is not None else None
             finally:
-                if digest is not None:
-                    digest.close()
+                for worker in workers:
+                    worker.close(drop=True)
             os.replace(part, dest)
             headers_out = dict(response.headers)
         return Download(dest, done, sha, headers_out,

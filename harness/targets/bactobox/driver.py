@@ -237,7 +237,7 @@ class BactoboxDriver(Driver):
             raise self._op_error(op, "backup")
         # A private name beside where the store will put it (same filesystem: the store links, not copies).
         path = self.workdir / f".{name}.{secrets.token_hex(4)}"
-        # The parts are hashed from the transport's chunks as it writes them (no thread, no second read).
+        # The parts are hashed from the transport's chunks as it writes them (on its worker thread; no second read).
         follower = GmiFollower(path.with_name(path.name + ".part"), path, inline=True)
         try:
             try:
