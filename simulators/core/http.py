@@ -186,8 +186,11 @@ class HttpServer:
         # Another process could grab the port in the gap; retry briefly, then say so.
         deadline = time.monotonic() + 2.0
         while True:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP spelled out: asyncio turns Nagle off only on sockets whose proto says TCP, and with
+            # proto 0 every keep-alive response body waited ~40 ms for the client's delayed ACK of its headers.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 sock.bind((HOST, self.port))
             except OSError as exc:
