@@ -44,6 +44,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/multispeq_backup.py
+	$(BIN)/python benchmarks/gmi_stream.py
 
 clean:
 	rm -rf reports/allure-results reports/html .harness store
