@@ -25,12 +25,7 @@ from simulators.core.process import SimProcess, start_simulator
 TARGET = get_target("bactobox")
 
 
-@pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("HARNESS_TMPDIR", str(work))
-    return work
+pytestmark = pytest.mark.usefixtures("workdir")  # tests/bactobox/conftest.py: HARNESS_TMPDIR per test
 
 
 def start(tmp_path: Path, name: str = "unit", **options) -> SimProcess:

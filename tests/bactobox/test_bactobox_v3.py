@@ -29,12 +29,7 @@ TARGET = get_target("bactobox")
 PROFILE = "micro"  # the smallest L2 disk: a format-3 GMI of it is ~4 MiB
 
 
-@pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("HARNESS_TMPDIR", str(work))
-    return work
+pytestmark = pytest.mark.usefixtures("workdir")  # tests/bactobox/conftest.py: HARNESS_TMPDIR per test
 
 
 def start(tmp_path: Path, name: str, firmware: str) -> SimProcess:
