@@ -98,10 +98,12 @@ def _compare(target: Target, source: Path, restored: Path, rule: CompatRule, src
     b = target.fields(load_artifact(restored, target.name)[1])
     rules = target.compare_rules
     if rule.kind == "migrate":
-        a = target.migrate_fields(a, src, dst)
+        a = target.migrate_fields(a, src, dst)  # what the backup becomes on dst
+        # Fields new at dst hold its defaults (listed as added); the declared drops are not compared. Any
+        # other field of the backup that the unit lacks after the restore is a difference.
         b = {k: v for k, v in b.items() if k in a}
-        a = {k: v for k, v in a.items() if k in b}
-        rules = dataclasses.replace(rules, ignore=rules.ignore + rule.ignore)
+        dropped = tuple(f"{name}{tail}" for name in rule.dropped for tail in ("", "[*", ".*"))  # and their items
+        rules = dataclasses.replace(rules, ignore=rules.ignore + rule.ignore + dropped)
     result = diff(a, b, rules)
     if result.equal:
         return None

@@ -73,6 +73,18 @@ def test_an_honest_migration_passes_and_a_broken_one_turns_red(tmp_path: Path, p
     assert re.search(r"FAIL.*light_slope", paths["md"].read_text())
 
 
+class CarriesAPhantomField(MultispeqTarget):
+    """A migration that says a field carries over which the unit never gets back: a lost field."""
+
+    def migrate_fields(self, fields, source, destination):
+        return {**super().migrate_fields(fields, source, destination), "phantom_slope": "1.5"}
+
+
+def test_a_field_the_migration_carries_but_the_unit_lacks_is_a_fail(tmp_path: Path) -> None:
+    cell = run_cell(CarriesAPhantomField(), D, E, "fresh", tmp_path, "52:00:13:1f")
+    assert cell.outcome == FAIL and "phantom_slope: only in A" in cell.detail, cell.detail
+
+
 def test_a_declared_refusal_that_restores_is_a_fail(tmp_path: Path) -> None:
     cell = run_cell(DeclaresRefusal(), E, E, "fresh", tmp_path, "52:00:13:1f")
     assert cell.outcome == FAIL and "declared refused" in cell.detail
