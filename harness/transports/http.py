@@ -76,8 +76,8 @@ _widen_reads()
 def _hand_over_whole_buffer() -> None:
     """h11 hands a body piece out of its receive buffer by slicing it twice (two copies of every byte) even
     when the piece is the whole buffer, which with CHUNK-sized reads it nearly always is. Handing over the
-    buffer itself and starting a new one is the same result without the copies (~1 s of client CPU per
-    GiB of GMI download measured with py-spy)."""
+    buffer itself and starting a new one is the same result without the copies (measured: ~0.3 s less
+    client CPU on a 2 GiB GMI download)."""
     try:
         from h11._receivebuffer import ReceiveBuffer
     except ImportError:
