@@ -26,6 +26,7 @@ Feature: A backup made under one version restores onto another as the target dec
     @target_bactobox
     Examples:
       | target   | source |
+      | bactobox | 1.8.4  |
       | bactobox | 2.2.0  |
       | bactobox | 2.6.3  |
       | bactobox | 3.1.0  |

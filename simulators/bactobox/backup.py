@@ -9,6 +9,10 @@ preparing pass hashes the whole partition (the manifest's ``sha256`` is the expa
 end of its last non-zero block; the sparse image is one raw chunk up to there and one zero chunk for the
 rest, and a second read of the raw part gives the stored entry's CRC-32 and sha256. Streaming sends the
 raw chunk from the disk; the zeros are never read again.
+
+Format 1 (software 1.8.4): one part, the whole disk. The preparing pass hashes it (sha256 for the manifest,
+CRC-32 for the re-check); streaming deflates it (``stream_gmi_v1``) as the client reads, so there is no plan
+and no Content-Length: the response is chunked, and progress goes by disk bytes read.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from harness.errors import BadInput
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import SparseLayout, ZipPlan, gmi_entries, stream_gmi
+from harness.targets.bactobox.gmi import SparseLayout, ZipPlan, gmi_entries, stream_gmi, stream_gmi_v1
 from simulators.bactobox import disk as D
 from simulators.bactobox import profiles as P
 from simulators.bactobox.operations import ApiRefusal, Operation, Pacer, iso
@@ -71,6 +75,8 @@ class BackupMixin:
                 raise ApiRefusal(409, "recovery_mode", "The BactoBox is in recovery mode after an incomplete "
                                                        "restore. Restore a GMI file to continue.")
             total = sum(r.size for r in self.regions)
+            if self.version_info and self.version_info.writes_format == 1:
+                total = self.disk.size  # the whole disk, deflated: at most its size (and the ZIP records)
             if self.version_info and "data" in SPARSE_PARTS.get(self.version_info.writes_format, ()):
                 # The sparse data part holds what the store has written (§4.6): estimated from its end.
                 try:
@@ -104,11 +110,15 @@ class BackupMixin:
             op.log("Stopping measurement services")
             op.log("Freezing data partition")
             self.frozen = True
-            regions = self.regions
-            op.log(f"Partition table: {len(regions) - 1} partitions, layout L2, disk {human_size(self.disk.size)}")
+            fmt = self.version_info.writes_format
+            layout = D.layout_of(self.regions)
+            op.log(f"Partition table: {len(self.regions) - 1} partitions, layout {layout}, disk "
+                   f"{human_size(self.disk.size)}")
+            # Format 1 images the whole disk, LBA 0 to the end (§3.3): one part, EBRs and gaps included.
+            regions = [D.Region("disk", 0, self.disk.size)] if fmt == 1 else self.regions
             total = sum(r.size for r in regions)
             pacer = Pacer(self.rate(P.DISK_READ_BYTES_S, "disk_read_mb_s"))
-            sparse = SPARSE_PARTS.get(self.version_info.writes_format, ())
+            sparse = SPARSE_PARTS.get(fmt, ())
             # name -> (sha256 of the partition, CRC-32 of its ZIP entry); sparse parts also get a layout
             # and the sha256 of their stored bytes.
             digests: dict[str, tuple[str, int]] = {}
@@ -143,19 +153,26 @@ class BackupMixin:
                             return
                     layouts[r.name] = (layout, stored.hexdigest())
                 digests[r.name] = (sha.hexdigest(), crc)
-            manifest = self._manifest(op, regions, digests, layouts)
+            manifest = self._manifest_v1(op, digests) if fmt == 1 else self._manifest(op, regions, digests, layouts)
             manifest_bytes = manifest.to_json()
             force64 = bool(self.faults and self.faults.get("force_zip64"))
-            plan = ZipPlan(gmi_entries(manifest_bytes, [(p, digests[p.name][1]) for p in manifest.parts]),
-                           modified=op.extra["created"], force_zip64=force64)
+            # Format 1 is deflated while it is sent: no plan, and no size before the end (chunked download).
+            plan = None if fmt == 1 else ZipPlan(
+                gmi_entries(manifest_bytes, [(p, digests[p.name][1]) for p in manifest.parts]),
+                modified=op.extra["created"], force_zip64=force64)
+            size = plan.total_size if plan else None
             op.extra.update(plan=plan, manifest_bytes=manifest_bytes, digests=digests, layouts=layouts,
-                            manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), regions=regions)
+                            manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), regions=regions,
+                            format=fmt, force_zip64=force64)
             name = op.extra["file_name"]
-            op.log(f"GMI ready: {name} ({human_size(plan.total_size)})")
+            op.log(f"GMI ready: {name} ({human_size(size) if size else 'disk.img deflated while sent'})")
             op.set_state("ready")
-            op.set_progress(5.0, done=0, total=plan.total_size, step=2)
+            op.set_progress(5.0, done=0, total=size, step=2)
+            if size is None:
+                with op.lock:  # the hash pass's total was the disk; the file's total is unknown until sent
+                    op.progress["total_bytes"] = None
             op.announce("artifact", {"url": f"/api/v1/operations/{op.id}/artifact", "file_name": name,
-                                     "size_bytes": plan.total_size})
+                                     "size_bytes": size})
             op.log("Waiting for the download to begin")
             timeout = self.timing.get("download_start_timeout_s")
             if timeout is None:
@@ -216,6 +233,15 @@ class BackupMixin:
                   if last else None},
             parts=parts, total_size_bytes=sum(r.size for r in regions))
 
+    def _manifest_v1(self, op: Operation, digests: dict[str, tuple[str, int]]) -> S.Manifest:
+        """Format 1 (§3.3): no media type, boot, data or clock fields; one part, the whole disk."""
+        size = self.disk.size
+        return S.Manifest(
+            format=1, device_id=self.device_id, software_version=self.software_version or "",
+            created=iso(op.extra["created"]) or "", disk={"size_bytes": size, "sector_size": S.SECTOR, "layout": "L1"},
+            parts=[S.ManifestPart(name="disk", file="disk.img", start_lba=0, size_bytes=size,
+                                  sha256=digests["disk"][0])], total_size_bytes=size)
+
     def open_artifact(self, op_id: str) -> tuple[Operation, dict[str, str], Iterator[bytes]]:
         """The one download of a backup's GMI: headers and the byte stream (§2.4 artifact)."""
         with self.lock:
@@ -233,68 +259,80 @@ class BackupMixin:
                                      headers={"Retry-After": "1"}, retryable=True)
                 op.extra["consumed"] = True
             op.extra["download"].set()
-            plan: ZipPlan = op.extra["plan"]
+            plan: ZipPlan | None = op.extra["plan"]
             headers = {
                 "Content-Type": S.MEDIA_TYPE,
                 "Content-Disposition": f'attachment; filename="{op.extra["file_name"]}"',
-                "Content-Length": str(plan.total_size),
-                "X-GMI-Format": str(self.version_info.writes_format),
+                "X-GMI-Format": str(op.extra["format"]),
                 "X-GMI-Manifest-SHA256": op.extra["manifest_sha256"],
             }
+            if plan is not None:  # format 1 has no Content-Length: the response is chunked (§2.4)
+                headers["Content-Length"] = str(plan.total_size)
             return op, headers, self._stream_backup(op)
 
     def _stream_backup(self, op: Operation) -> Iterator[bytes]:
-        plan: ZipPlan = op.extra["plan"]
+        plan: ZipPlan | None = op.extra["plan"]
         regions: list[D.Region] = op.extra["regions"]
         digests = op.extra["digests"]
         layouts: dict[str, tuple[SparseLayout, str]] = op.extra["layouts"]
-        total = plan.total_size
+        # Progress and disconnect_at go by file bytes when the size is known; a format-1 stream's size is
+        # known only at its end, so by the disk bytes read.
+        measure = plan.total_size if plan else self.disk.size
         pacer = Pacer(self.rate(P.USB_BYTES_S, "usb_mb_s"))
         faults = self.faults
         cut = faults.get("disconnect_at") if faults else None
-        cut_at = int(cut["fraction"] * total) if cut else None
+        cut_at = int(cut["fraction"] * measure) if cut else None
         flip = faults.get("flip_bit") if faults else None
         changed = faults.get("source_changed_at") if faults else None
         t0 = time.monotonic()
-        sent = 0
-        state = {"ok": False}
+        counts = {"sent": 0, "read": 0}
 
-        def part_chunks(index: int) -> Iterator[bytes]:
-            nonlocal sent
-            r = regions[index - 2]
-            op.log(f"Sending {r.name} ({index - 1} of {len(regions)}, {human_size(plan.entries[index].size)})")
+        def source(r: D.Region, index: int, size: int) -> Iterator[bytes]:
+            """One part's bytes from the disk, re-checked while sent against the preparing pass (§3.4): with
+            the CRC-32 of the preparing pass, which costs a third of a sha256."""
+            op.log(f"Sending {r.name} ({index} of {len(regions)}, {human_size(size)})")
             crc = 0
-            start = plan.data_offset(index)  # file offset of the next chunk
             if r.name in layouts:  # the stored bytes of a sparse part: headers and the raw chunk, no zeros
-                source = layouts[r.name][0].stream(lambda at, n: self.disk.chunks(r.offset + at, n))
+                chunks = layouts[r.name][0].stream(lambda at, n: self.disk.chunks(r.offset + at, n))
             else:
-                source = self.disk.chunks(r.offset, r.size)
-            for chunk in source:
-                # Re-checked while sent against the preparing pass (§3.4): with the CRC-32 this entry's local
-                # header already announced, which the device must match anyway and costs a third of a sha256.
+                chunks = self.disk.chunks(r.offset, r.size)
+            for chunk in chunks:
                 crc = zlib.crc32(chunk, crc)
-                if flip is not None and start <= flip["offset"] < start + len(chunk):
-                    data = bytearray(chunk)
-                    data[flip["offset"] - start] ^= 1 << (flip["bit"] % 8)
-                    chunk = bytes(data)
-                if cut_at is not None and start + len(chunk) >= cut_at:
-                    raise InjectedDrop(f"disconnect_at {cut['fraction']}")
-                pacer.advance(len(chunk))
-                start += len(chunk)
-                sent += len(chunk)
-                op.set_progress(5.0 + 94.0 * start / total, done=start, step=3)
+                counts["read"] += len(chunk)
                 yield chunk
-                if op.extra.get("powered_off"):
-                    raise InjectedDrop("power off")
             if crc != digests[r.name][1] or (changed and changed.get("part") == r.name):
                 op.extra["source_changed"] = r.name
                 raise _SourceChanged(r.name)
 
+        def body() -> Iterator[bytes]:
+            if plan is None:
+                disk = regions[0]
+                yield from stream_gmi_v1(op.extra["manifest_bytes"], source(disk, 1, disk.size),
+                                         disk_size=disk.size, modified=op.extra["created"],
+                                         force_zip64=op.extra["force_zip64"])
+            else:
+                yield from stream_gmi(plan, op.extra["manifest_bytes"],
+                                      lambda i: source(regions[i - 2], i - 1, plan.entries[i].size))
+
         def run() -> Iterator[bytes]:
             op.set_state("streaming")
             op.log("Sending manifest")
-            yield from stream_gmi(plan, op.extra["manifest_bytes"], part_chunks)
-            state["ok"] = True
+            for chunk in body():
+                start = counts["sent"]
+                if flip is not None and start <= flip["offset"] < start + len(chunk):
+                    data = bytearray(chunk)
+                    data[flip["offset"] - start] ^= 1 << (flip["bit"] % 8)
+                    chunk = bytes(data)
+                position = start + len(chunk) if plan else counts["read"]
+                if cut_at is not None and position >= cut_at:
+                    raise InjectedDrop(f"disconnect_at {cut['fraction']}")
+                pacer.advance(len(chunk))
+                counts["sent"] += len(chunk)
+                op.set_progress(5.0 + 94.0 * min(position, measure) / measure, done=counts["sent"],
+                                total=plan.total_size if plan else None, step=3)
+                yield chunk
+                if op.extra.get("powered_off"):
+                    raise InjectedDrop("power off")
 
         try:
             yield from run()
@@ -303,20 +341,21 @@ class BackupMixin:
             op.fail("source_changed", f"{exc} changed while it was sent; the stream was cut before the central "
                                       f"directory. Start a new backup.", line_prefix="Backup failed")
             self._retire(op)
-            return  # the body ends short of its Content-Length: the client sees an invalid ZIP
+            return  # the body ends before the central directory: the client sees an invalid ZIP
         except (GeneratorExit, InjectedDrop):
             self._finalize_backup(op)
             op.fail("transfer_interrupted", "The download was interrupted. Start a new backup.",
                     line_prefix="Backup failed")
             self._retire(op)
             raise
+        sent = counts["sent"]
         op.set_state("finalizing")
-        op.set_progress(99.0, done=total)
+        op.set_progress(99.0, done=sent)
         took = time.monotonic() - t0
-        op.log(f"Download complete ({human_size(total)} in {took:.1f} s)")
+        op.log(f"Download complete ({human_size(sent)} in {took:.1f} s)")
         self._finalize_backup(op)
-        op.succeed({"file_name": op.extra["file_name"], "size_bytes": total,
-                    "manifest_sha256": op.extra["manifest_sha256"], "format": self.version_info.writes_format},
+        op.succeed({"file_name": op.extra["file_name"], "size_bytes": sent,
+                    "manifest_sha256": op.extra["manifest_sha256"], "format": op.extra["format"]},
                    "Backup successful")
         self._retire(op)
 

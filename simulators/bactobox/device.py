@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEVICE_ID = "bb2241039"
 DEFAULT_VERSION = "2.6.3"
-SIM_VERSIONS = ("2.2.0", "2.6.3", "3.1.0")  # versions the simulator runs (layout L2; GMI formats 2 and 3)
+SIM_VERSIONS = ("1.8.4", "2.2.0", "2.6.3", "3.1.0")  # versions the simulator runs (all of §5)
 MODEL = "BactoBox"
 FLASH_NAME = "flash.json"
 DISK_NAME = "disk.img"
@@ -179,6 +179,11 @@ class BactoBox(BackupMixin, RestoreMixin):
             if env is None:
                 raise BadInput("the boot environment is invalid: restore a GMI first")
             values = dict(env.current.values)
+            old = get_version(values.get("sw_version", "") or self.flash["last_software"] or "")
+            if get_version(version).layout != old.layout:
+                # The 1.8.4 -> 2.x updater also converts the layout and the store (§5 notes): not modelled.
+                raise BadInput(f"the simulator does not model the update from {old.name} (layout {old.layout}) "
+                               f"to {version} (layout {get_version(version).layout}); start a new unit")
             target = "system1" if values.get("active_slot") == "system0" else "system0"
             D.write_slot(self.disk, D.region(regions, target), version)
             values.update({"active_slot": target, "sw_version": version, f"sw_version_{target}": version,
@@ -347,7 +352,7 @@ class BactoBox(BackupMixin, RestoreMixin):
             info = self.version_info
             slots: dict[str, str] = {}
             boot_count = None
-            layout = "L2"
+            layout = D.layout_of(self.regions) if self.regions else None
             if self.regions:
                 try:
                     env = D.read_env(self.disk, D.region(self.regions, "boot"))
@@ -377,7 +382,7 @@ class BactoBox(BackupMixin, RestoreMixin):
             return out
 
     def _store(self) -> D.DataStore:
-        return D.DataStore(self.disk, D.region(self.regions, "data"))
+        return D.DataStore.of(self.disk, self.regions)
 
     def _settings_safe(self) -> dict[str, str]:
         if self.mode == "recovery" or not self.regions:

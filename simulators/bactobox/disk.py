@@ -26,7 +26,6 @@ from harness.targets.bactobox.versions import VERSIONS, Version, get_version, ve
 from simulators.bactobox.profiles import Profile
 
 CHUNK = 4 << 20  # streaming reads and writes: 4 MiB
-PART_NAMES_L2 = {1: "boot", 2: "system0", 3: "system1", 4: "data"}
 
 
 class DiskImage:
@@ -125,17 +124,58 @@ class Region:
 
 
 def read_regions(disk: DiskImage) -> list[Region]:
-    """head, boot, system0, system1, data from the MBR (layout L2). BadInput if the table is not L2."""
+    """head, boot, system0, system1(, config), data from the MBR and, under L1, the EBR chain (§4.1-§4.2).
+
+    BadInput if the table is neither layout L2 (4 primaries, data last) nor L1 (3 primaries, an extended
+    partition with logical p5 config and p6 data).
+    """
     _, parts = S.parse_partitions(lambda lba: disk.read(lba * S.SECTOR, S.SECTOR), disk.size // S.SECTOR)
     by_index = {p.index: p for p in parts}
-    if sorted(by_index) != [1, 2, 3, 4] or by_index[4].type != S.PART_LINUX:
-        raise BadInput("the partition table is not layout L2 (boot, system0, system1, data)")
+    if sorted(by_index) == [1, 2, 3, 4] and by_index[4].type == S.PART_LINUX:
+        names = S.PART_NAMES_L2
+    elif sorted(by_index) == [1, 2, 3, 5, 6] and by_index[6].type == S.PART_LINUX:
+        names = S.PART_NAMES_L1
+    else:
+        raise BadInput("the partition table is neither layout L2 (boot, system0, system1, data) nor L1 "
+                       "(boot, system0, system1, extended: config, data)")
     first = min(p.lba_first for p in parts)
     regions = [Region("head", 0, first * S.SECTOR)]
-    for index in (1, 2, 3, 4):
+    for index, name in names.items():
         p = by_index[index]
-        regions.append(Region(PART_NAMES_L2[index], p.lba_first, p.size, index, p.type))
+        regions.append(Region(name, p.lba_first, p.size, index, p.type))
     return regions
+
+
+def layout_of(regions: list[Region]) -> str:
+    return "L1" if any(r.name == "config" for r in regions) else "L2"
+
+
+def write_partition_table(disk: DiskImage, profile: Profile, device_id: str, layout: str) -> None:
+    """The MBR of a fresh unit, and under L1 the two EBRs of the extended partition (§4.2)."""
+    head, boot, system0, system1, data = profile.regions
+    primaries = [S.part_entry(lba, size // S.SECTOR, S.PART_FAT32_LBA, boot=name == "boot")
+                 for name, lba, size in (boot, system0, system1)]
+    ext_lba, ext_sectors = data[1], data[2] // S.SECTOR
+    if layout == "L2":
+        primaries.append(S.part_entry(ext_lba, ext_sectors, S.PART_LINUX))
+        disk.write(0, S.build_mbr(S.disk_signature(device_id), primaries))
+        return
+    # Each EBR sits the profile's gap before its logical partition (1 MiB: the spec's tiny example).
+    gap = profile.l1_ebr_gap_bytes // S.SECTOR
+    config_sectors = profile.l1_config_bytes // S.SECTOR
+    link = gap + config_sectors  # EBR2, relative to the extended partition
+    data_sectors = ext_sectors - link - gap
+    if data_sectors * S.SECTOR < S.MIB:
+        raise BadInput(f"profile {profile.name}: a {profile.disk_bytes >> 20} MiB disk has no room for layout "
+                       f"L1 (extended partition: config and data)")
+    primaries.append(S.part_entry(ext_lba, ext_sectors, S.PART_EXTENDED_LBA))
+    disk.write(0, S.build_mbr(S.disk_signature(device_id), primaries))
+    # Entry 1 is relative to its EBR, entry 2 (the link) to the start of the extended partition.
+    disk.write(ext_lba * S.SECTOR, S.build_mbr(0, [
+        S.part_entry(gap, config_sectors, S.PART_FAT32_LBA),
+        S.part_entry(link, ext_sectors - link, S.PART_EBR_LINK)]))
+    disk.write((ext_lba + link) * S.SECTOR, S.build_mbr(0, [
+        S.part_entry(gap, data_sectors, S.PART_LINUX)]))
 
 
 def region(regions: list[Region], name: str) -> Region:
@@ -276,47 +316,77 @@ SETTINGS_DEFAULTS = {"timezone": "UTC", "last_clean_unix": "0", "clean_interval_
 
 
 class DataStore:
-    """The data partition: superblock, settings block, append-only measurement records (§4.5, store v2)."""
+    """The data partition: superblock, settings, append-only measurement records (§4.5).
 
-    def __init__(self, disk: DiskImage, data: Region) -> None:
+    Store v2 (layout L2) keeps the settings block in the data partition; store v1 (layout L1, software 1.x)
+    has a 512-byte superblock, 32-byte record headers, and its settings in partition p5 ``config``.
+    """
+
+    def __init__(self, disk: DiskImage, data: Region, config: Region | None = None) -> None:
         self.disk = disk
         self.region = data
+        self.config = config
+        self.version = 1 if config is not None else 2
+        self._sb = S.SUPERBLOCK_V1 if self.version == 1 else S.SUPERBLOCK_V2
+        self._sb_size = S.SECTOR if self.version == 1 else S.SUPERBLOCK_SIZE
+        self._record_size = S.RECORD_V1_SIZE if self.version == 1 else S.RECORD_V2_SIZE
+
+    @classmethod
+    def of(cls, disk: DiskImage, regions: list[Region]) -> DataStore:
+        """The store of a disk whatever its layout (L1: settings in config)."""
+        config = region(regions, "config") if layout_of(regions) == "L1" else None
+        return cls(disk, region(regions, "data"), config)
 
     def superblock(self) -> Any:
         try:
-            return S.SUPERBLOCK_V2.parse(self.disk.read(self.region.offset, S.SUPERBLOCK_SIZE)).body.value
+            return self._sb.parse(self.disk.read(self.region.offset, self._sb_size)).body.value
         except ConstructError as exc:
             raise BadInput(f"the data store has no valid superblock ({str(exc).splitlines()[-1]})") from None
 
     def _write_superblock(self, sb: Mapping[str, Any]) -> None:
         fields = {k: v for k, v in sb.items() if not k.startswith("_") and k not in ("magic", "store_version",
                                                                                     "header_size")}
-        self.disk.write(self.region.offset, S.SUPERBLOCK_V2.build({"body": {"value": fields}}))
+        self.disk.write(self.region.offset, self._sb.build({"body": {"value": fields}}))
 
     def format(self, device_id: str, created_ms: int) -> None:
-        zero_tail(self.disk, self.region.offset, min(self.region.size, S.RECORDS_OFFSET + 4096))
-        self._write_superblock({
-            "block_size": 4096, "flags": S.FLAG_CLEAN_SHUTDOWN, "partition_size_bytes": self.region.size,
-            "records_offset": S.RECORDS_OFFSET, "end_offset": S.RECORDS_OFFSET, "record_count": 0,
-            "next_record_id": 1, "created_unix_ms": created_ms, "device_id": device_id,
-            "reserved": bytes(4020)})
+        if self.version == 1:
+            zero_tail(self.disk, self.region.offset, min(self.region.size, S.SECTOR + 4096))
+            self._write_superblock({
+                "reserved": 0, "partition_blocks": self.region.size // 4096, "records_offset": S.SECTOR,
+                "end_offset": S.SECTOR, "record_count": 0, "next_record_id": 1, "device_id": device_id,
+                "reserved2": bytes(464)})
+        else:
+            zero_tail(self.disk, self.region.offset, min(self.region.size, S.RECORDS_OFFSET + 4096))
+            self._write_superblock({
+                "block_size": 4096, "flags": S.FLAG_CLEAN_SHUTDOWN, "partition_size_bytes": self.region.size,
+                "records_offset": S.RECORDS_OFFSET, "end_offset": S.RECORDS_OFFSET, "record_count": 0,
+                "next_record_id": 1, "created_unix_ms": created_ms, "device_id": device_id,
+                "reserved": bytes(4020)})
         self.write_settings(SETTINGS_DEFAULTS)
 
+    @property
+    def _settings_offset(self) -> int:
+        return self.config.offset if self.config is not None else self.region.offset + S.SETTINGS_OFFSET
+
     def settings(self) -> dict[str, str]:
-        block = S.parse_env(self.disk.read(self.region.offset + S.SETTINGS_OFFSET, S.SETTINGS_SIZE))
+        block = S.parse_env(self.disk.read(self._settings_offset, S.SETTINGS_SIZE))
         return dict(block.values) if block is not None else {}
 
     def write_settings(self, values: Mapping[str, Any]) -> None:
-        self.disk.write(self.region.offset + S.SETTINGS_OFFSET,
-                        S.build_env({k: str(v) for k, v in values.items()}, 1))
+        self.disk.write(self._settings_offset, S.build_env({k: str(v) for k, v in values.items()}, 1))
 
     def append(self, *, program: int, flags: int, started_ms: int, duration_ms: int, sampling_time_s: int,
                dilution: float, label: str, payload: bytes) -> int:
         sb = dict(self.superblock())
         record_id = sb["next_record_id"]
-        record = S.build_record_v2(record_id=record_id, program=program, flags=flags, payload=payload,
-                                   started_unix_ms=started_ms, duration_ms=duration_ms,
-                                   sampling_time_s=sampling_time_s, dilution_factor=dilution, label=label)
+        if self.version == 1:  # header v1 has seconds, no duration and no label
+            record = S.build_record_v1(record_id=record_id, program=program, flags=flags, payload=payload,
+                                       started_unix=started_ms // 1000, sampling_time_s=sampling_time_s,
+                                       dilution_factor=dilution)
+        else:
+            record = S.build_record_v2(record_id=record_id, program=program, flags=flags, payload=payload,
+                                       started_unix_ms=started_ms, duration_ms=duration_ms,
+                                       sampling_time_s=sampling_time_s, dilution_factor=dilution, label=label)
         end = sb["end_offset"]
         if end + len(record) > self.region.size:
             raise OSError("the data partition is full")
@@ -332,18 +402,20 @@ class DataStore:
         pos = sb["records_offset"]
         count = 0
         while pos < sb["end_offset"]:
-            raw = self.disk.read(self.region.offset + pos, S.RECORD_V2_SIZE)
+            raw = self.disk.read(self.region.offset + pos, self._record_size)
             try:
                 header = S.parse_record_header(raw)
             except ConstructError as exc:
                 raise BadInput(f"corrupt data store at offset {pos}: {str(exc).splitlines()[-1]}") from None
-            size = S.record_size(S.RECORD_V2_SIZE, header.payload_size)
+            size = S.record_size(self._record_size, header.payload_size)
             if header.record_id > after_id:
-                payload = self.disk.read(self.region.offset + pos + S.RECORD_V2_SIZE, header.payload_size)
+                payload = self.disk.read(self.region.offset + pos + self._record_size, header.payload_size)
+                v1 = self.version == 1
                 yield {"id": header.record_id, "program": S.PROGRAM_NAMES.get(header.program, "?"),
-                       "flags": header.flags, "started_unix_ms": header.started_unix_ms,
-                       "duration_ms": header.duration_ms, "sampling_time_s": header.sampling_time_s,
-                       "dilution": round(float(header.dilution_factor), 6), "label": header.label,
+                       "flags": header.flags,
+                       "started_unix_ms": header.started_unix * 1000 if v1 else header.started_unix_ms,
+                       "duration_ms": None if v1 else header.duration_ms, "sampling_time_s": header.sampling_time_s,
+                       "dilution": round(float(header.dilution_factor), 6), "label": "" if v1 else header.label,
                        "payload_size": header.payload_size,
                        "payload_ok": zlib.crc32(payload) == header.payload_crc32}
                 count += 1
@@ -368,15 +440,16 @@ def previous_version(version: str) -> str:
 
 def build_fresh_disk(path: Path, profile: Profile, *, device_id: str, version: str, seed: int,
                      measurements: int | None = None, now: dt.datetime | None = None) -> DiskImage:
-    """Create a new unit's disk: L2 partition table, boot partition, both slots, a data store with records."""
+    """Create a new unit's disk: partition table (the version's layout), boot partition, both slots, a data
+    store (its store version) with records."""
     info: Version = get_version(version)
-    if info.layout != "L2":
-        raise BadInput(f"the simulator models layout L2 (software 2.x and later); {version} uses {info.layout}")
     disk = DiskImage.create(path, profile.disk_bytes)
-    regions = [Region(n, lba, size) for n, lba, size in profile.regions]
-    entries = [S.part_entry(r.start_lba, r.size // S.SECTOR, S.PART_LINUX if r.name == "data" else S.PART_FAT32_LBA,
-                            boot=r.name == "boot") for r in regions[1:]]
-    disk.write(0, S.build_mbr(S.disk_signature(device_id), entries))
+    try:
+        write_partition_table(disk, profile, device_id, info.layout)
+    except BadInput:
+        disk.close()
+        path.unlink(missing_ok=True)
+        raise
     regions = read_regions(disk)
     slots = {"system0": version, "system1": previous_version(version)}
     for name in ("system0", "system1"):
@@ -384,7 +457,7 @@ def build_fresh_disk(path: Path, profile: Profile, *, device_id: str, version: s
     write_boot_partition(disk, region(regions, "boot"), env_values("system0", slots, info.env_format),
                          info.env_format, version)
     now = now or dt.datetime.now(dt.UTC)
-    store = DataStore(disk, region(regions, "data"))
+    store = DataStore.of(disk, regions)
     store.format(device_id, int(now.timestamp() * 1000))
     store.write_settings({**SETTINGS_DEFAULTS, "last_clean_unix": str(int(now.timestamp()))})
     count = profile.measurements if measurements is None else measurements

@@ -23,6 +23,10 @@ class Profile:
     system_bytes: int
     measurements: int  # records a fresh unit holds
     payload_bytes: int = 4096  # measurement payload size
+    # Layout L1 (software 1.x, §4.2): the gap from each EBR to its logical partition, and p5 config's size.
+    # 1 MiB each as in the spec's tiny example; ``micro`` packs them so that L1 fits its 6 MiB too.
+    l1_ebr_gap_bytes: int = MIB
+    l1_config_bytes: int = MIB
 
     @property
     def regions(self) -> list[tuple[str, int, int]]:
@@ -44,7 +48,8 @@ PROFILES: dict[str, Profile] = {
     p.name: p for p in (
         # [modelled, not in the spec's table] The smallest disk layout L2 allows (1 MiB alignment: head,
         # boot, two slots of 1 MiB, 2 MiB of data): the compatibility matrix and the committed goldens.
-        Profile("micro", 6 * MIB, 1 * MIB, 1 * MIB, 20),
+        # Under L1 its 2 MiB extended partition holds EBRs 64 KiB before p5 config (256 KiB) and p6 data.
+        Profile("micro", 6 * MIB, 1 * MIB, 1 * MIB, 20, l1_ebr_gap_bytes=64 * 1024, l1_config_bytes=256 * 1024),
         Profile("tiny", 32 * MIB, 2 * MIB, 6 * MIB, 50),
         Profile("small", 256 * MIB, 8 * MIB, 48 * MIB, 200),
         Profile("bench-1g", 1 * GIB, 32 * MIB, 192 * MIB, 1000, 64 * 1024),

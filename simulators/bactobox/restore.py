@@ -4,7 +4,10 @@ A mixin of ``BactoBox`` (device.py) and the ``RestoreSink`` that consumes the up
 before the uploaded manifest matches the preflight; from the first image byte on, the SPI flash records an
 incomplete restore, so a power cut from there boots into recovery.
 
-GMI formats 2 and 3 are restored (which of them a unit reads is its version's rule, §5). A format-3 sparse
+GMI formats 1, 2 and 3 are restored (which of them a unit reads is its version's rule, §5). Format 1's one
+deflated ``disk.img`` is inflated as it arrives (``GmiStreamReader``) and written from LBA 0; on a 2.x unit
+that is the legacy reader (verdict ``migrate``), and the result also lists per-partition digests derived from
+the restored MBR/EBR chain. A format-3 sparse
 part is expanded as it arrives (``SparseExpander``): raw chunks are written where they belong, zero chunks
 punch holes, and the expanded bytes are hashed on the way and checked against the manifest's (expanded)
 sha256 at the end of the part.
@@ -31,8 +34,6 @@ from simulators.bactobox.backup import human_size
 from simulators.bactobox.operations import ApiRefusal, Operation, OperationFailed, Pacer, iso
 
 log = logging.getLogger(__name__)
-
-RESTORED_FORMATS = (2, 3)  # what the simulator can write; the unit's version still decides what it reads
 
 
 class RestoreMixin:
@@ -75,10 +76,6 @@ class RestoreMixin:
                 code, _, message = str(exc).partition(": ")
                 raise ApiRefusal(422, code, message, details={"format": manifest.format,
                                                               "reads_formats": list(reads)}) from None
-            if manifest.format not in RESTORED_FORMATS:
-                # Format 1 (software 1.x, one deflated disk image) is not modelled (docs/targets/bactobox.md).
-                raise ApiRefusal(422, "gmi_format_unsupported", f"This simulator restores GMI formats 2 and 3 "
-                                                                f"only; this file has format {manifest.format}.")
             disk_size = self.disk.size
             smaller = self.faults.get("disk_smaller") if self.faults else None
             if smaller:
@@ -104,13 +101,14 @@ class RestoreMixin:
             timer = threading.Timer(deadline_s, self._expire, args=(op,))
             timer.daemon = True
             timer.start()
-            changes = [f"Software {self.software_version} -> {manifest.software_version} "
-                       f"(active slot {manifest.boot.get('active_slot')})"]
+            where = f"active slot {manifest.boot.get('active_slot')}" if manifest.format != 1 else \
+                "whole disk image, layout L1"  # format 1 names no slots (§3.3)
+            changes = [f"Software {self.software_version} -> {manifest.software_version} ({where})"]
             try:
                 now_count = self._store().superblock()["record_count"] if self.regions else None
             except BadInput:
                 now_count = None
-            changes.append(f"Measurements {now_count} -> {manifest.data.get('record_count')}")
+            changes.append(f"Measurements {now_count} -> {manifest.data.get('record_count', 'as in the GMI')}")
             changes.append(f"Settings as of {manifest.created}")
             notes = [] if self.clock_valid else ["The BactoBox clock is not set."]
             return {"operation": {"id": op.id, "kind": "restore", "state": op.state, "cancellable": True},
@@ -191,6 +189,8 @@ class RestoreSink:
                                                       "the preflight. Nothing was changed.")
         self.op.log("mimetype ok")
         self.op.log("manifest ok (matches the announced manifest)")
+        if self.manifest.format == 1:
+            self.op.log("Converting GMI format 1 (single disk image) with the legacy reader")
         self.op.set_state("receiving", cancellable=False)
         self.op.log("Stopping measurement services")
         self.op.log("Unmounting data partition")
@@ -262,6 +262,21 @@ class RestoreSink:
                                  f"{part.name}: sha256 {got} does not match the manifest ({part.sha256}). The device "
                                  f"is in recovery mode. Restore a valid GMI file to continue.")
 
+    def _partition_digests(self) -> list[dict[str, Any]]:
+        """Format 1 (migrate, §5): per-partition digests derived from the restored MBR/EBR chain, for the
+        result report (the GMI states only the whole disk's)."""
+        disk = self.device.disk
+        out = []
+        try:
+            regions = D.read_regions(disk)
+        except (BadInput, OSError) as exc:
+            self.op.log(f"No partition digests: {exc}", "WARN")
+            return out
+        for r in regions:
+            sha, _ = disk.digest(r.offset, r.size)
+            out.append({"name": r.name, "start_lba": r.start_lba, "size_bytes": r.size, "sha256": sha})
+        return out
+
     def feed(self, data: bytes | memoryview) -> None:
         """Take the next piece of the body (called from a worker thread, in order)."""
         self.reader.feed(data)
@@ -317,6 +332,8 @@ class RestoreSink:
             tail = device.disk.size - self.manifest.disk_size_bytes
             result = {"verdict": op.extra["verdict"], "parts": parts, "restart_required": True,
                       "unallocated_tail_bytes": tail, "software_version": self.manifest.software_version}
+            if self.manifest.format == 1:
+                result["partitions"] = self._partition_digests()
             with device.lock:
                 device.flash["recovery"] = None
                 device.flash["last_restore"] = {

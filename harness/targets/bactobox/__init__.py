@@ -22,9 +22,10 @@ from harness.targets.base import Artifact, CompatRule, CompatVersion, DeviceInfo
 
 _TIMEZONES = ("Europe/Copenhagen", "America/Chicago", "Asia/Tokyo", "Australia/Perth", "Africa/Nairobi")
 _WIFI = ("client", "access_point", "off")
-# The versions the simulator runs (1.8.4 is not simulated), on the smallest disk (profile ``micro``, 6 MiB):
-# the matrix and the committed goldens (a ``tiny`` GMI of format 2 is 32 MiB, ``micro`` 6 MiB).
-COMPAT_VERSIONS = tuple(CompatVersion(v, "micro", v) for v in ("2.2.0", "2.6.3", "3.1.0"))
+# The versions the simulator runs, on the smallest disk (profile ``micro``, 6 MiB; 1.8.4's layout L1 packed
+# into it): the matrix and the committed goldens (a ``tiny`` GMI of format 2 is 32 MiB, ``micro`` 6 MiB).
+# The same disk size everywhere also keeps a 1.8.4 GMI restorable on 2.x (disk_too_small otherwise).
+COMPAT_VERSIONS = tuple(CompatVersion(v, "micro", v) for v in ("1.8.4", "2.2.0", "2.6.3", "3.1.0"))
 
 
 class BactoboxTarget(Target):
@@ -57,8 +58,9 @@ class BactoboxTarget(Target):
 
     def compat_rule(self, source: CompatVersion, destination: CompatVersion) -> CompatRule:
         """§5: the software on the unit at restore time reads the GMI (its format is the source version's);
-        after the restart the unit runs the GMI's software, so a restore is always "as is" (the whole disk,
-        byte for byte, software included: time travel), or refused when the unit cannot read the format."""
+        after the restart the unit runs the GMI's software, so a restore is "as is" (the whole disk, byte for
+        byte, software included: time travel), "migrate" for a format-1 GMI read by 2.x's legacy reader (the
+        disk still comes back whole), or refused when the unit cannot read the format."""
         src, dst = get_version(source.version), get_version(destination.version)
         try:
             verdict = restore_verdict(src.writes_format, src.name, dst.reads_formats, dst.name)
@@ -70,8 +72,10 @@ class BactoboxTarget(Target):
         return CompatRule("migrate", f"GMI format {src.writes_format} converted by the legacy reader")
 
     def can_update(self, source: CompatVersion, destination: CompatVersion) -> bool:
-        """Software updates go forward only (a same-version update reinstalls it in the other slot)."""
-        return version_key(destination.version) >= version_key(source.version)
+        """Software updates go forward only (a same-version update reinstalls it in the other slot), within
+        one layout: the simulator does not model the 1.8.4 -> 2.x updater's L1 -> L2 conversion (§5 notes)."""
+        src, dst = get_version(source.version), get_version(destination.version)
+        return version_key(dst.name) >= version_key(src.name) and src.layout == dst.layout
 
     def distinctive_settings(self, device: DeviceInfo, seed: int) -> dict[str, Any]:
         return {"settings.timezone": _TIMEZONES[seed % len(_TIMEZONES)],

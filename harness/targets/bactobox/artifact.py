@@ -16,9 +16,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from construct import ConstructError
+
 from harness.errors import BadInput
 from harness.targets.bactobox import schema as S
-from harness.targets.bactobox.gmi import GmiInfo, inspect_gmi, read_sparse_range, verify_gmi
+from harness.targets.bactobox.gmi import GmiInfo, InflatedImage, inspect_gmi, read_sparse_range, verify_gmi
 from harness.targets.base import Artifact, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,49 @@ def gmi_fields(info: GmiInfo) -> dict[str, Any]:
                 raw = os.pread(f.fileno(), S.SETTINGS_SIZE, data.data_offset + S.SETTINGS_OFFSET)
             block = S.parse_env(raw)
             out["settings"] = dict(block.values) if block else {"valid": False}
+    if m.format == 1:
+        for key, value in _disk_image_fields(info).items():
+            out[key] = {**out[key], **value} if isinstance(out.get(key), dict) else value
+    return out
+
+
+def _disk_image_fields(info: GmiInfo) -> dict[str, Any]:
+    """Format 1: what the one deflated ``disk.img`` holds, read by inflating its first few MiB (§4.1-§4.5):
+    the L1 partition table with its EBR chain, the boot environment, the settings in p5 config, and the
+    store-v1 superblock in p6 data. A GMI whose image does not parse says so in the field, not by failing."""
+    m = info.manifest
+    part, entry = info.parts[0]
+    image = InflatedImage(info.path, entry, part.size_bytes)
+    out: dict[str, Any] = {}
+    try:
+        signature, table = S.parse_partitions(lambda lba: image.read(lba * S.SECTOR, S.SECTOR),
+                                              part.size_bytes // S.SECTOR)
+    except BadInput as exc:
+        return {"partitions": {"valid": False, "problem": str(exc)}}
+    names = S.PART_NAMES_L1 if 5 in {p.index for p in table} else S.PART_NAMES_L2
+    regions = {names.get(p.index, f"p{p.index}"): p for p in table}
+    out["disk"] = {"mbr_signature": f"0x{signature:08x}", "layout": "L1" if names is S.PART_NAMES_L1 else "L2"}
+    out["partitions"] = {name: {"index": p.index, "type": f"0x{p.type:02x}", "start_lba": p.lba_first,
+                                "size_bytes": p.size} for name, p in regions.items()}
+    blocks = sorted(  # read in disk order: the inflater only goes forward cheaply
+        [(regions["boot"].offset, 2 * S.ENV_SIZE, "boot_env")] * ("boot" in regions)
+        + [(regions["config"].offset, S.SETTINGS_SIZE, "settings")] * ("config" in regions)
+        + [(regions["data"].offset, S.SECTOR, "store")] * ("data" in regions and m.format == 1))
+    for offset, size, what in blocks:
+        raw = image.read(offset, size)
+        if what == "boot_env":
+            env = S.parse_env_pair(raw)
+            out["boot_env"] = dict(env.current.values) if env else {"valid": False}
+        elif what == "settings":
+            block = S.parse_env(raw)
+            out["settings"] = dict(block.values) if block else {"valid": False}
+        else:
+            try:
+                sb = S.SUPERBLOCK_V1.parse(raw).body.value
+                out["data"] = {"store_version": 1, "record_count": sb.record_count,
+                               "last_record_id": sb.next_record_id - 1}
+            except ConstructError:
+                out["data"] = {"store_version": None, "valid": False}
     return out
 
 

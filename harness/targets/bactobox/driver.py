@@ -440,6 +440,12 @@ class BactoboxDriver(Driver):
         want_slot = m.boot.get("active_slot")
         if dev.get("mode") != "normal":
             problems.append(f"the unit came up in mode {dev.get('mode')}")
+        if want_slot is None:  # format 1 names no slot (§3.3): its boot environment is inside disk.img
+            want_slot = boot.get("active_slot")
+        want_layout = m.disk.get("layout")
+        got_layout = dev.get("storage", {}).get("layout")
+        if want_layout and got_layout and got_layout != want_layout:
+            problems.append(f"the unit's disk has layout {got_layout}; the GMI's has {want_layout}")
         if boot.get("active_slot") != want_slot or dev.get("software_version") != m.software_version:
             slot = boot.get("active_slot")
             problems.append(f"Device booted {'fallback slot ' if slot != want_slot else ''}{slot} "
@@ -449,8 +455,10 @@ class BactoboxDriver(Driver):
         if not problems and self.digest_after_restart:
             digest = self._digest()
             for part in m.parts:
-                if part.name == "boot":
-                    continue  # every boot rewrites its environment: compared by the slots above
+                if part.name in ("boot", "disk"):
+                    # Every boot rewrites its environment: compared by the slots above (format 1's one part,
+                    # the whole disk, holds the boot partition too).
+                    continue
                 got = digest.get(part.name)
                 if got != part.sha256:
                     problems.append(f"{part.name} sha256 {str(got)[:12]}… differs from the GMI's {part.sha256[:12]}…")

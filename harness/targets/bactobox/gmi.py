@@ -14,6 +14,10 @@ decompressed sizes), and reads the manifest; ``verify_gmi`` also hashes every pa
 manifest. Reading, as a stream (the simulator's restore upload): ``GmiStreamReader`` consumes the bytes in
 order and hands each part's data to a sink as it arrives, never buffering more than one chunk.
 
+Format 1 (software 1.x): ``stream_gmi_v1`` deflates the whole disk into one ``disk.img`` while it streams
+(data descriptor, size unknown up front); ``GmiStreamReader`` inflates it as it arrives (bounded by the
+manifest) and checks the descriptor; ``InflatedImage`` reads it by offset for the field view.
+
 Sparse parts (format 3, §4.6): ``SparseLayout`` plans and streams one (the simulator's backup);
 ``SparseExpander`` expands the stored bytes as they are fed (the file check, the download follower, the
 simulator's restore, the field view); ``SparseHasher`` gives both sha256s a manifest states for such a part.
@@ -90,11 +94,19 @@ READ_CHUNK = 8 << 20  # hashing reads: large reads keep Python's per-call cost o
 
 @dataclass(frozen=True)
 class EntrySpec:
-    """One stored entry: its name, size and CRC-32, all known before the data is sent."""
+    """One entry: its name, size and CRC-32 (all known before the data is sent for a stored entry; a
+    deflated format-1 ``disk.img`` learns its CRC-32 and compressed size only when it has been sent)."""
 
     name: str
     size: int
     crc32: int
+    method: int = STORED
+    compressed_size: int | None = None  # None: stored, the same as ``size``
+    flags: int = 0
+
+    @property
+    def stored_size(self) -> int:
+        return self.size if self.compressed_size is None else self.compressed_size
 
 
 class ZipPlan:
@@ -137,42 +149,49 @@ class ZipPlan:
         return header + name + extra
 
     def _central_directory(self) -> bytes:
-        out = bytearray()
-        for i, entry in enumerate(self.entries):
-            name = entry.name.encode("ascii")
-            offset = self.offsets[i]
-            big_size = i > 0 and (self.force_zip64 or entry.size >= U32_MAX)
-            big_offset = i > 0 and (self.force_zip64 or offset >= U32_MAX)
-            values = b""
-            if big_size:
-                values += struct.pack("<QQ", entry.size, entry.size)
-            if big_offset:
-                values += struct.pack("<Q", offset)
-            extra = struct.pack("<HH", ZIP64_EXTRA_ID, len(values)) + values if values else b""
-            out += ZIP_CENTRAL_HEADER.build({
-                "version_made_by": 45 if extra else 20, "version_needed": 45 if extra else 20, "flags": 0,
-                "method": STORED, "mod_time": self.mod_time, "mod_date": self.mod_date, "crc32": entry.crc32,
-                "compressed_size": U32_MAX if big_size else entry.size,
-                "uncompressed_size": U32_MAX if big_size else entry.size,
-                "name_length": len(name), "extra_length": len(extra), "comment_length": 0, "disk_start": 0,
-                "internal_attributes": 0, "external_attributes": 0o100444 << 16,
-                "local_header_offset": U32_MAX if big_offset else offset})
-            out += name + extra
-        cd_size = len(out)
-        count = len(self.entries)
-        zip64 = self.force_zip64 or count >= U16_MAX or cd_size >= U32_MAX or self.cd_offset >= U32_MAX
-        if zip64:
-            eocd64_offset = self.cd_offset + cd_size
-            out += ZIP64_EOCD.build({
-                "record_size": ZIP64_EOCD_SIZE - 12, "version_made_by": 45, "version_needed": 45,
-                "disk_number": 0, "cd_disk": 0, "entries_on_disk": count, "entries_total": count,
-                "cd_size": cd_size, "cd_offset": self.cd_offset})
-            out += ZIP64_LOCATOR.build({"eocd64_disk": 0, "eocd64_offset": eocd64_offset, "total_disks": 1})
-        out += ZIP_EOCD.build({
-            "disk_number": 0, "cd_disk": 0, "entries_on_disk": min(count, U16_MAX),
-            "entries_total": min(count, U16_MAX), "cd_size": min(cd_size, U32_MAX),
-            "cd_offset": min(self.cd_offset, U32_MAX), "comment_length": 0})
-        return bytes(out)
+        return central_directory(self.entries, self.offsets, self.cd_offset, mod_time=self.mod_time,
+                                 mod_date=self.mod_date, force_zip64=self.force_zip64)
+
+
+def central_directory(entries: list[EntrySpec], offsets: list[int], cd_offset: int, *, mod_time: int,
+                      mod_date: int, force_zip64: bool = False) -> bytes:
+    """Central directory and end records of a GMI (both writers: the stored plan and the format-1 stream)."""
+    out = bytearray()
+    for i, entry in enumerate(entries):
+        name = entry.name.encode("ascii")
+        offset = offsets[i]
+        big_size = i > 0 and (force_zip64 or max(entry.size, entry.stored_size) >= U32_MAX)
+        big_offset = i > 0 and (force_zip64 or offset >= U32_MAX)
+        values = b""
+        if big_size:
+            values += struct.pack("<QQ", entry.size, entry.stored_size)
+        if big_offset:
+            values += struct.pack("<Q", offset)
+        extra = struct.pack("<HH", ZIP64_EXTRA_ID, len(values)) + values if values else b""
+        out += ZIP_CENTRAL_HEADER.build({
+            "version_made_by": 45 if extra else 20, "version_needed": 45 if extra else 20, "flags": entry.flags,
+            "method": entry.method, "mod_time": mod_time, "mod_date": mod_date, "crc32": entry.crc32,
+            "compressed_size": U32_MAX if big_size else entry.stored_size,
+            "uncompressed_size": U32_MAX if big_size else entry.size,
+            "name_length": len(name), "extra_length": len(extra), "comment_length": 0, "disk_start": 0,
+            "internal_attributes": 0, "external_attributes": 0o100444 << 16,
+            "local_header_offset": U32_MAX if big_offset else offset})
+        out += name + extra
+    cd_size = len(out)
+    count = len(entries)
+    zip64 = force_zip64 or count >= U16_MAX or cd_size >= U32_MAX or cd_offset >= U32_MAX
+    if zip64:
+        eocd64_offset = cd_offset + cd_size
+        out += ZIP64_EOCD.build({
+            "record_size": ZIP64_EOCD_SIZE - 12, "version_made_by": 45, "version_needed": 45,
+            "disk_number": 0, "cd_disk": 0, "entries_on_disk": count, "entries_total": count,
+            "cd_size": cd_size, "cd_offset": cd_offset})
+        out += ZIP64_LOCATOR.build({"eocd64_disk": 0, "eocd64_offset": eocd64_offset, "total_disks": 1})
+    out += ZIP_EOCD.build({
+        "disk_number": 0, "cd_disk": 0, "entries_on_disk": min(count, U16_MAX),
+        "entries_total": min(count, U16_MAX), "cd_size": min(cd_size, U32_MAX),
+        "cd_offset": min(cd_offset, U32_MAX), "comment_length": 0})
+    return bytes(out)
 
 
 def gmi_entries(manifest_bytes: bytes, parts: list[tuple[ManifestPart, int]]) -> list[EntrySpec]:
@@ -229,6 +248,117 @@ def write_gmi(path: Path, manifest: Manifest, part_sources: list[BinaryIO | byte
         for block in stream_gmi(plan, manifest_bytes, lambda i: chunks(part_sources[i - 2])):
             f.write(block)
     return path
+
+
+# ------------------------------------------------------------------------------------- format 1 (1.x)
+# Software 1.x writes the whole disk as one deflated ``disk.img`` while it streams (§3.2): the compressed
+# size and the CRC-32 are known only at the end, so the local header has flag bit 3 and zeros, a data
+# descriptor follows the data, and the total size is unknown up front (the download is chunked).
+
+DEFLATE_LEVEL = 6
+DISK_ENTRY = "disk.img"
+
+
+def stream_gmi_v1(manifest_bytes: bytes, disk_chunks: Iterable[bytes], *, disk_size: int,
+                  modified: dt.datetime, force_zip64: bool = False,
+                  level: int = DEFLATE_LEVEL) -> Iterator[bytes]:
+    """The bytes of a format-1 GMI in order, in constant memory: mimetype and manifest stored, then the disk
+    from ``disk_chunks`` through ``zlib.compressobj``, its data descriptor, the central directory.
+
+    ZIP64 (the local extra field with zero sizes, 8-byte sizes in the descriptor) when the disk reaches 4 GiB
+    or with ``force_zip64``; the disk's size is known up front, so the choice is made before the first byte.
+    """
+    mod_time, mod_date = dos_datetime(modified)
+    zip64 = force_zip64 or disk_size >= U32_MAX
+    head = [EntrySpec(MIMETYPE, len(MEDIA_BYTES), zlib.crc32(MEDIA_BYTES)),
+            EntrySpec(MANIFEST, len(manifest_bytes), zlib.crc32(manifest_bytes))]
+    plan = ZipPlan(head, modified=modified)  # the two stored entries: their headers and offsets
+    yield plan.local_headers[0] + MEDIA_BYTES + plan.local_headers[1] + manifest_bytes
+    offset = plan.cd_offset  # where disk.img's local header starts
+    name = DISK_ENTRY.encode("ascii")
+    extra = struct.pack("<HHQQ", ZIP64_EXTRA_ID, 16, 0, 0) if zip64 else b""
+    flags = FLAG_DESCRIPTOR
+    local = ZIP_LOCAL_HEADER.build({
+        "version_needed": 45 if zip64 else 20, "flags": flags, "method": DEFLATED, "mod_time": mod_time,
+        "mod_date": mod_date, "crc32": 0, "compressed_size": U32_MAX if zip64 else 0,
+        "uncompressed_size": U32_MAX if zip64 else 0, "name_length": len(name),
+        "extra_length": len(extra)}) + name + extra
+    yield local
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    crc = size = compressed = 0
+    for chunk in disk_chunks:
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
+        out = deflater.compress(chunk)
+        if out:
+            compressed += len(out)
+            yield out
+    out = deflater.flush()
+    compressed += len(out)
+    yield out
+    if size != disk_size:
+        raise ValueError(f"{DISK_ENTRY}: source gave {size} bytes, planned {disk_size}")
+    sizes = struct.pack("<QQ", compressed, size) if zip64 else struct.pack("<II", compressed, size)
+    descriptor = b"PK\x07\x08" + struct.pack("<I", crc) + sizes
+    yield descriptor
+    entries = [*head, EntrySpec(DISK_ENTRY, size, crc, DEFLATED, compressed, flags)]
+    cd_offset = offset + len(local) + compressed + len(descriptor)
+    yield central_directory(entries, [*plan.offsets, offset], cd_offset, mod_time=mod_time, mod_date=mod_date,
+                            force_zip64=zip64)
+
+
+class InflatedImage:
+    """Reads of a format-1 ``disk.img`` by offset, inflating from the start in bounded pieces.
+
+    Forward reads continue where the last one stopped; a read behind it inflates from the start again (the
+    field view reads the MBR, the EBRs, the boot and config blocks and the store's head: a few MiB in).
+    """
+
+    def __init__(self, path: Path, entry: ZipEntry, expected: int) -> None:
+        self.path, self.entry, self.expected = Path(path), entry, expected
+        self._restart()
+
+    def _restart(self) -> None:
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._in_pos = self.entry.data_offset
+        self._in_left = self.entry.compressed_size
+        self._pos = 0  # inflated bytes handed out or skipped
+        self._pending = b""  # inflated, not yet consumed
+
+    def _more(self) -> bytes:
+        data = self._inflater.unconsumed_tail
+        if not data:
+            if self._in_left <= 0:
+                return self._inflater.flush()
+            with open(self.path, "rb") as f:
+                data = _pread(f, self._in_pos, min(self._in_left, 1 << 20))
+            if not data:
+                raise BadInput(f"{self.path.name}: {self.entry.name} ends early (truncated)")
+            self._in_pos += len(data)
+            self._in_left -= len(data)
+        return self._inflater.decompress(data, 1 << 20)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset + size > self.expected:
+            raise BadInput(f"{self.path.name}: {self.entry.name} has no bytes {offset}..{offset + size}")
+        if offset < self._pos:
+            self._restart()
+        out = bytearray()
+        while len(out) < size:
+            if not self._pending:
+                self._pending = self._more()
+                if not self._pending:
+                    raise BadInput(f"{self.path.name}: {self.entry.name} inflates to fewer than "
+                                   f"{offset + size} bytes")
+            piece = self._pending
+            if self._pos < offset:  # skip to the offset
+                skip = min(len(piece), offset - self._pos)
+                self._pending, self._pos = piece[skip:], self._pos + skip
+                continue
+            take = min(len(piece), size - len(out))
+            out += piece[:take]
+            self._pending, self._pos = piece[take:], self._pos + take
+        return bytes(out)
 
 
 # ------------------------------------------------------------------------------- sparse images (§4.6)
@@ -860,6 +990,7 @@ class GmiStreamReader:
         self._name = ""
         self._left = 0
         self._tail = bytearray()
+        self._inflate: _Inflate | None = None  # the deflated entry being inflated (format 1)
         self.done = False
 
     @property
@@ -873,6 +1004,10 @@ class GmiStreamReader:
                 view = self._feed_header(view)
             elif self._state == "data":
                 view = self._feed_data(view)
+            elif self._state == "inflate":
+                view = self._feed_inflate(view)
+            elif self._state == "descriptor":
+                view = self._feed_descriptor(view)
             else:  # the central directory and end records: small, kept for the final check
                 if len(self._tail) + len(view) > MAX_CENTRAL_DIRECTORY:
                     raise GmiStreamError("not_a_gmi", "The GMI's central directory is too large.")
@@ -913,11 +1048,30 @@ class GmiStreamReader:
         if index == 0 and (name != MIMETYPE or h.method != STORED or h.compressed_size != len(MEDIA_BYTES)):
             raise GmiStreamError("not_a_gmi", "This file is not a GMI file (no GMI mimetype entry). "
                                               "Nothing was changed.")
-        if h.method != STORED or h.flags & (FLAG_DESCRIPTOR | FLAG_ENCRYPTED):
+        # Format 1's disk.img is the one entry that may be deflated with a data descriptor (§3.2).
+        deflated = index >= 2 and self.manifest is not None and self.manifest.format == 1 \
+            and h.method == DEFLATED and not h.flags & FLAG_ENCRYPTED
+        if not deflated and (h.method != STORED or h.flags & (FLAG_DESCRIPTOR | FLAG_ENCRYPTED)):
             raise GmiStreamError("not_a_gmi", f"GMI entry {name} is not stored as this software writes it.")
         size = h.compressed_size
         if size == U32_MAX:
             size = _local_zip64_size(extra)
+        if deflated:
+            assert self.manifest is not None
+            want = self.manifest.parts[index - 2]
+            if want.file != name:
+                raise GmiStreamError("manifest_mismatch", f"GMI entry {name} is not the part the manifest lists "
+                                                          f"next ({want.file}).")
+            self.seen.append((name, offset, 0))  # the compressed size is known at the end of the data
+            self._name = name
+            zip64 = _extra_id(extra) == ZIP64_EXTRA_ID
+            plain = h.uncompressed_size  # without a descriptor the local header holds the sizes
+            if plain == U32_MAX and zip64 and len(extra) >= 12:
+                plain = struct.unpack_from("<Q", extra, 4)[0]
+            self._inflate = _Inflate(want.size_bytes, descriptor=bool(h.flags & FLAG_DESCRIPTOR), zip64=zip64,
+                                     crc32=h.crc32, size=plain)
+            self._state = "inflate"
+            return
         if index == 1 and (name != MANIFEST or size > MAX_MANIFEST):
             raise GmiStreamError("not_a_gmi", "The GMI's second entry is not its manifest.")
         if index >= 2:
@@ -945,6 +1099,70 @@ class GmiStreamReader:
         if self._left == 0:
             self._end_entry()
         return view[take:]
+
+    def _feed_inflate(self, view: memoryview) -> memoryview:
+        """Deflated data: inflated in bounded pieces and handed on; at the end of the deflate stream the
+        rest of ``view`` belongs to the data descriptor (or the next header)."""
+        inf = self._inflate
+        assert inf is not None
+        data: bytes | memoryview = view
+        used = len(view)
+        while True:
+            out = inf.inflater.decompress(data, 4 << 20)
+            if out:
+                inf.out += len(out)
+                if inf.out > inf.expected:
+                    raise GmiStreamError("part_hash_mismatch", f"{self._name} inflates beyond its stated "
+                                                               f"{inf.expected} bytes.")
+                inf.crc = zlib.crc32(out, inf.crc)
+                self.image_bytes += len(out)
+                self.on_part_data(self._name, memoryview(out))
+            if inf.inflater.eof:
+                used = len(view) - len(inf.inflater.unused_data)
+                break
+            data = inf.inflater.unconsumed_tail
+            if not data:
+                break
+        inf.compressed += used
+        self.received += used
+        if inf.inflater.eof:
+            name, offset, _ = self.seen[-1]
+            self.seen[-1] = (name, offset, inf.compressed)
+            self._state = "descriptor" if inf.descriptor else "header"
+            if not inf.descriptor:
+                self._check_inflated(inf.crc32, inf.size, inf.out)
+        return view[used:]
+
+    def _feed_descriptor(self, view: memoryview) -> memoryview:
+        inf = self._inflate
+        assert inf is not None
+        view = self._collect(view, 4)
+        if len(self._buf) < 4:
+            return view
+        signed = self._buf[:4] == b"PK\x07\x08"  # the signature is optional (APPNOTE 4.3.9.3)
+        need = 4 * signed + 4 + (16 if inf.zip64 else 8)
+        view = self._collect(view, need)
+        if len(self._buf) < need:
+            return view
+        body = bytes(self._buf[4 * signed:need])
+        self._buf = bytearray()
+        crc, compressed, size = struct.unpack("<IQQ" if inf.zip64 else "<III", body)
+        if compressed != inf.compressed:
+            raise GmiStreamError("not_a_gmi", f"The data descriptor of {self._name} states {compressed} "
+                                              f"compressed bytes; {inf.compressed} arrived.")
+        self._check_inflated(crc, size, inf.out)
+        return view
+
+    def _check_inflated(self, crc: int, size: int, got: int) -> None:
+        inf = self._inflate
+        assert inf is not None
+        self._inflate = None
+        if size != got or got != inf.expected:
+            raise GmiStreamError("part_hash_mismatch", f"{self._name} inflates to {got} bytes; the GMI states "
+                                                       f"{size} and the manifest {inf.expected}.")
+        if crc != inf.crc:
+            raise GmiStreamError("part_hash_mismatch", f"{self._name} fails its CRC-32.")
+        self._end_entry()
 
     def _end_entry(self) -> None:
         index = len(self.seen) - 1
@@ -987,6 +1205,26 @@ class GmiStreamReader:
         if cd.rfind(ZIP_EOCD_SIG) < 0:
             raise GmiStreamError("not_a_gmi", "The GMI has no end-of-central-directory record.")
         self.done = True
+
+
+@dataclass
+class _Inflate:
+    """The state of a deflated entry while it streams through ``GmiStreamReader``."""
+
+    expected: int  # the manifest's size_bytes: more output is refused (a decompression bomb)
+    descriptor: bool
+    zip64: bool
+    crc32: int  # from the local header (used when there is no descriptor)
+    size: int
+    inflater: Any = field(default_factory=lambda: zlib.decompressobj(-zlib.MAX_WBITS))
+    out: int = 0
+    crc: int = 0
+    compressed: int = 0
+
+
+def _extra_id(extra: bytes) -> int:
+    """The ID of the first extra field (0 if none)."""
+    return struct.unpack_from("<H", extra)[0] if len(extra) >= 4 else 0
 
 
 def _local_zip64_size(extra: bytes) -> int:
@@ -1166,7 +1404,7 @@ class GmiFollower:
         return hashlib.sha256(self.manifest_bytes).hexdigest()
 
 
-__all__ = ["EntrySpec", "GmiFollower", "GmiInfo", "GmiStreamError", "GmiStreamReader", "MANIFEST", "MEDIA_BYTES",
-           "MIMETYPE", "SparseExpander", "SparseHasher", "SparseLayout", "ZipEntry", "ZipPlan", "dos_datetime",
-           "fill_pieces", "gmi_entries", "inspect_gmi", "read_sparse_range", "sha256_range", "stream_gmi",
-           "verify_gmi", "write_gmi"]
+__all__ = ["EntrySpec", "GmiFollower", "GmiInfo", "GmiStreamError", "GmiStreamReader", "InflatedImage", "MANIFEST",
+           "MEDIA_BYTES", "MIMETYPE", "SparseExpander", "SparseHasher", "SparseLayout", "ZipEntry", "ZipPlan",
+           "central_directory", "dos_datetime", "fill_pieces", "gmi_entries", "inspect_gmi", "read_sparse_range",
+           "sha256_range", "stream_gmi", "stream_gmi_v1", "verify_gmi", "write_gmi"]

@@ -483,6 +483,17 @@ def build_record_v2(*, record_id: int, program: int, flags: int, payload: bytes,
     return header + payload + bytes(pad)
 
 
+def build_record_v1(*, record_id: int, program: int, flags: int, payload: bytes, started_unix: int,
+                    sampling_time_s: int, dilution_factor: float) -> bytes:
+    """A store-v1 record (software 1.x): 32-byte header (no label, no header CRC), payload, padding."""
+    header = RECORD_V1.build({
+        "program": program, "flags": flags, "reserved": 0, "record_id": record_id, "started_unix": started_unix,
+        "payload_size": len(payload), "dilution_factor": dilution_factor, "sampling_time_s": sampling_time_s,
+        "reserved2": 0, "payload_crc32": zlib.crc32(payload)})
+    pad = record_size(RECORD_V1_SIZE, len(payload)) - RECORD_V1_SIZE - len(payload)
+    return header + payload + bytes(pad)
+
+
 def parse_record_header(data: bytes) -> Any:
     """A v1 or v2 record header; ConstructError on a bad magic, version or header CRC."""
     if data[:4] != b"BBMR":
@@ -558,6 +569,10 @@ ZIP_EOCD_SIZE = ziparchive.EOCD_FIXED
 MEDIA_TYPE = "application/vnd.sbt.gmi+zip"
 DEVICE_ID = re.compile(r"^bb[0-9]{7}$")
 PART_NAMES = ("head", "boot", "system0", "system1", "data")
+# Partition names by table index (§4.1): L2 has four primaries; L1 three and an extended partition (4) whose
+# EBR chain holds p5 config and p6 data.
+PART_NAMES_L2 = {1: "boot", 2: "system0", 3: "system1", 4: "data"}
+PART_NAMES_L1 = {1: "boot", 2: "system0", 3: "system1", 5: "config", 6: "data"}
 KNOWN_FORMATS = (1, 2, 3)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
