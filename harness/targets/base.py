@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.compare import CompareRules
+from harness.errors import BadInput
 
 # progress(done, total, message): total may be None when unknown; message may be "" (no new log line).
 ProgressFn = Callable[[int, int | None, str], None]
@@ -72,6 +73,14 @@ class RestoreReport:
     untouched: list[str] = field(default_factory=list)  # on the unit, absent in the backup
     not_carried: list[str] = field(default_factory=list)  # what this kind of backup can never carry
     notes: list[str] = field(default_factory=list)
+
+
+def semver_key(version: str) -> tuple[int, ...]:
+    """A dotted numeric version as a sortable tuple: ``2.10.0`` after ``2.9.1``. BadInput if it is not one."""
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        raise BadInput(f"software version {version!r} is not of the form X.Y.Z") from None
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,6 @@ def _disk_image_fields(info: GmiInfo) -> dict[str, Any]:
     """Format 1: what the one deflated ``disk.img`` holds, read by inflating its first few MiB (§4.1-§4.5):
     the L1 partition table with its EBR chain, the boot environment, the settings in p5 config, and the
     store-v1 superblock in p6 data. A GMI whose image does not parse says so in the field, not by failing."""
-    m = info.manifest
     part, entry = info.parts[0]
     image = InflatedImage(info.path, entry, part.size_bytes)
     out: dict[str, Any] = {}
@@ -147,7 +146,7 @@ def _disk_image_fields(info: GmiInfo) -> dict[str, Any]:
     blocks = sorted(  # read in disk order: the inflater only goes forward cheaply
         [(regions["boot"].offset, 2 * S.ENV_SIZE, "boot_env")] * ("boot" in regions)
         + [(regions["config"].offset, S.SETTINGS_SIZE, "settings")] * ("config" in regions)
-        + [(regions["data"].offset, S.SECTOR, "store")] * ("data" in regions and m.format == 1))
+        + [(regions["data"].offset, S.SECTOR, "store")] * ("data" in regions))
     for offset, size, what in blocks:
         raw = image.read(offset, size)
         if what == "boot_env":

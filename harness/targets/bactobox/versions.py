@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import BadInput, Refused
+from harness.targets.base import semver_key
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,7 @@ AS_IS = "as_is"
 MIGRATE = "migrate"
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    """Plain semantic versioning (§5): ``2.10.0`` sorts after ``2.9.1``."""
-    try:
-        return tuple(int(p) for p in version.split("."))
-    except ValueError:
-        raise BadInput(f"software version {version!r} is not of the form X.Y.Z") from None
+version_key = semver_key  # plain semantic versioning (§5): ``2.10.0`` sorts after ``2.9.1``
 
 
 def get_version(name: str) -> Version:

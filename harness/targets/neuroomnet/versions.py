@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import BadInput
+from harness.targets.base import semver_key
 
 AS_IS = "as_is"
 MIGRATE = "migrate"
@@ -183,10 +184,6 @@ def rule(src_version: str, dst_version: str) -> Verdict:
     return restore_verdict("rp-(matrix)", src.writes_format, src.config_schema, dst, version=src.version)
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-
-
 def update_refusal(installed: Release, schema: int, new: Release) -> str | None:
     """Why a server running ``installed`` (its database at ``schema``) cannot be updated in place to ``new``;
     None when it can.
@@ -196,7 +193,7 @@ def update_refusal(installed: Release, schema: int, new: Release) -> str | None:
     with its own steps, so it must be able to migrate from the database's schema, as for a restore point:
     5.0.0 dropped the migrations from schema 17, so a 3.9.4 server goes through a 4.x release first.
     """
-    if _version_key(new.version) < _version_key(installed.version) or new.config_schema < schema:
+    if semver_key(new.version) < semver_key(installed.version) or new.config_schema < schema:
         return (f"NeuroomNet cannot be downgraded from {installed.version} to {new.version} (its database is "
                 f"schema {schema})")
     if schema < new.min_config_schema:
